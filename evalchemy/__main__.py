@@ -1,0 +1,3 @@
+from evalchemy.cli import main
+
+main()

@@ -1,0 +1,359 @@
+"""Command line: the only module that talks to the terminal and turns errors into exit codes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from evalchemy import __version__
+from evalchemy.errors import (
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    ConfigError,
+    EvalchemyError,
+    Interrupted,
+    UsageError,
+)
+
+logger = logging.getLogger("evalchemy")
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0    every benchmark succeeded (or a check passed)
+  1    unexpected internal error
+  2    usage or config error (nothing was run or written)
+  3    preflight failed: endpoint, model or tokenizer unusable; nothing was run
+  4    the run finished but at least one benchmark failed or timed out
+  5    another run holds the lock on the output folder
+  130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM
+"""
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def home() -> Path:
+    """The project folder: defaults (config, results, tasks) live there, whatever the working directory."""
+    return Path(os.environ.get("EVALCHEMY_HOME") or os.getcwd())
+
+
+def _stderr_console() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def setup_console_logging(level: str) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=_stderr_console(), show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setLevel(level)
+    root.handlers[:] = [handler]
+
+
+def attach_run_logs(run_dir: Path, run_id: str, level: str) -> None:
+    """The run log (everything at --log-level) and the errors log (warnings and errors) in the run folder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    for path, file_level in ((run_dir / f"evalchemy_{run_id}.log", level),
+                             (run_dir / f"evalchemy_errors_{run_id}.log", "WARNING")):
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setLevel(file_level)
+        root.addHandler(handler)
+
+
+def _raise_interrupted(signum, _frame):
+    raise Interrupted(signum)
+
+
+def _load(config_path: Path, include_paths: tuple[Path, ...]):
+    from evalchemy import config as config_mod, taskindex
+
+    index = taskindex.load_index(list(include_paths))
+    return config_mod.load_config(config_path, index), index
+
+
+def _include_paths(extra: tuple[str, ...]) -> tuple[Path, ...]:
+    paths = []
+    bundled = home() / "tasks"
+    if bundled.is_dir():
+        paths.append(bundled.resolve())
+    for item in extra:
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"--include-path {item}: not a folder")
+        paths.append(path.resolve())
+    return tuple(paths)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output of the control commands
+
+
+def print_benchmarks(cfg, plan) -> None:
+    table = Table(title=f"Benchmarks in {cfg.path}", show_lines=False)
+    for column in ("#", "benchmark", "enabled", "description", "task", "lm-eval tasks", "fewshot", "batch", "limit",
+                   "priority", "timeout"):
+        table.add_column(column, overflow="fold")
+    for position, bench in enumerate(plan.benchmarks, 1):
+        number = str(position) if bench.skip_reason is None else "-"
+        enabled = "yes" if bench.enabled else "no"
+        spec = cfg.benchmarks[bench.name]
+        first = True
+        for name in spec.tasks:
+            entry = cfg.tasks.get(name)
+            run = next((r for r in bench.runs if r.entry == name), None)
+            task_label = name if entry is None or entry.enabled else f"{name} (disabled)"
+            row = [number if first else "", bench.name if first else "", enabled if first else "",
+                   bench.description if first else "", task_label,
+                   ", ".join(entry.tasks if entry else (name,))]
+            source = run or entry
+            row += [
+                "-" if source is None or source.num_fewshot is None else str(source.num_fewshot),
+                str(run.batch_size) if run else ("-" if entry is None or entry.batch_size is None
+                                                 else str(entry.batch_size)),
+                "all" if source is None or source.limit is None else str(source.limit),
+                source.priority if source else "medium",
+                f"{run.timeout}s" if run else ("-" if entry is None or entry.timeout is None else f"{entry.timeout}s"),
+            ]
+            table.add_row(*row)
+            first = False
+    Console(highlight=False, soft_wrap=False, width=max(160, Console().width)).print(table)
+
+
+def print_dry_run(plan, settings, run_dir: Path, out) -> None:
+    from evalchemy.plan import lm_eval_argv, shell_line
+
+    to_run = plan.to_run
+    for position, bench in enumerate(to_run, 1):
+        out.write(f"# [{position}/{len(to_run)}] {bench.name}: {bench.description}\n")
+        for run in bench.runs:
+            out.write(f"#   task {run.entry}: priority {run.priority}, timeout {run.timeout} s\n")
+            out.write(shell_line(lm_eval_argv(run, settings, str(run_dir / run.output_dir))) + "\n")
+    for bench in plan.benchmarks:
+        if bench.skip_reason:
+            out.write(f"# skipped {bench.name}: {bench.skip_reason}\n")
+
+
+def print_scores(result) -> None:
+    console = _stderr_console()
+    table = Table(title=f"Run {result.summary['run_id']}: {result.summary['status']}")
+    for column in ("benchmark", "status", "metric", "score", "± stderr", "samples", "time"):
+        table.add_column(column, justify="right" if column in ("score", "± stderr", "samples", "time") else "left")
+    for record in result.records:
+        if record.status == "skipped" and record.error and "disabled" in record.error:
+            continue
+        metric = record.primary_metric or ""
+        shown_any = False
+        for task, metrics in record.metrics.items():
+            for label, value in metrics.items():
+                if label.split(",")[0] != metric:
+                    continue
+                stderr = value.get("stderr")
+                table.add_row(record.name if not shown_any else "", record.status if not shown_any else "",
+                              f"{task} {label}", f"{value['value']:.4f}",
+                              "" if stderr is None else f"{stderr:.4f}", str(record.n_samples.get(task, "")),
+                              f"{record.duration_s:.1f}s" if not shown_any else "")
+                shown_any = True
+        if not shown_any:
+            table.add_row(record.name, record.status, record.error or "", "", "", "", f"{record.duration_s:.1f}s")
+    console.print(table)
+    breakdown = result.summary["breakdown"]["benchmark"]
+    subjects = {k: v for k, v in breakdown.items() if isinstance(v, dict)}
+    for key, values in subjects.items():
+        sub = Table(title=key)
+        sub.add_column("subject")
+        sub.add_column("accuracy", justify="right")
+        for label, value in values.items():
+            sub.add_row(label, f"{value:.4f}")
+        console.print(sub)
+
+
+class TerminalEvents:
+    """Progress on a terminal (rich); under cron the run log's INFO lines are the progress."""
+
+    def __init__(self) -> None:
+        self.console = _stderr_console()
+        self.live = sys.stderr.isatty()
+        self.status = None
+
+    def preflight_done(self, model, tokenizer) -> None:
+        if self.live:
+            self.console.print(f"model [bold]{model}[/], tokenizer {tokenizer.path or tokenizer.backend}")
+
+    def benchmark_started(self, bench, position, total) -> None:
+        if self.live:
+            self._stop()
+            self.status = self.console.status(f"[{position}/{total}] {bench.name}: running "
+                                              f"{len(bench.runs)} lm-eval task(s)…")
+            self.status.start()
+
+    def task_run_done(self, outcome) -> None:
+        if self.live:
+            mark = {"success": "[green]ok[/]", "failed": "[red]failed[/]", "timeout": "[red]timeout[/]"}
+            self.console.print(f"  {outcome.run.benchmark} / {outcome.run.entry}: {mark[outcome.status]} "
+                               f"({outcome.duration_s:.1f} s)")
+
+    def benchmark_done(self, record) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+               epilog=EXIT_CODES_HELP)
+@click.option("--endpoint", metavar="URL",
+              help="vLLM OpenAI-compatible server: http://host:8000, http://host:8000/v1 or "
+                   "http://host/prefix/v1/completions.")
+@click.option("--model", metavar="NAME", help="Served model name. Default: the one model GET /v1/models lists.")
+@click.option("--tokenizer", metavar="PATH",
+              help="Local tokenizer folder (or a model id in the local Hugging Face cache). Default: the model "
+                   "folder the server reports, if it is on this disk, else the server's tokenizer endpoints.")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
+              help="Prompts per request; overrides every task's batch_size in the config.")
+@click.option("--run-id", metavar="ID",
+              help="Names the results folder and files ([A-Za-z0-9._-], up to 128). Default: YYYYMMDD_HHMMSS_PID.")
+@click.option("--config", "config_path", metavar="FILE", help="Config file. Default: configs/eval_config.json.")
+@click.option("--output", "output_dir", metavar="DIR", help="Results folder. Default: results.")
+@click.option("--gpu", metavar="IDS", help="GPU ids for what the run starts (sets CUDA_VISIBLE_DEVICES), e.g. 0,1.")
+@click.option("--max-length", type=click.IntRange(min=16), metavar="N",
+              help="Longest prompt + answer in tokens (lm-eval max_length). Default: the server's max_model_len.")
+@click.option("--concurrency", type=click.IntRange(min=1, max=1024), default=None, metavar="N",
+              help="Requests in flight at once. Default: 16.")
+@click.option("--request-timeout", type=click.IntRange(min=1), default=None, metavar="SECONDS",
+              help="Per-request timeout. Default: 120.")
+@click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
+              help="Extra folder of lm-eval task YAMLs (repeatable). The project's tasks/ folder is always included.")
+@click.option("--list-benchmarks", is_flag=True, help="Show the config's benchmarks and tasks, then exit.")
+@click.option("--validate-config", is_flag=True, help="Check the config and report every problem, then exit.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the lm_eval command each benchmark would run, in order; touch nothing.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
+@click.version_option(__version__, prog_name="evalchemy")
+def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
+        request_timeout, include_paths, list_benchmarks, validate_config, dry_run, log_level):
+    """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
+
+    Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
+    evalchemy_summary_RUN_ID.json, whose path is the only thing printed on stdout.
+    """
+    from evalchemy import plan as plan_mod, runner
+
+    log_level = log_level.upper()
+    setup_console_logging(log_level)
+    modes = [name for name, on in (("--list-benchmarks", list_benchmarks), ("--validate-config", validate_config),
+                                   ("--dry-run", dry_run)) if on]
+    if len(modes) > 1:
+        raise UsageError(f"{' and '.join(modes)} cannot be combined: pick one")
+    config_file = Path(config_path) if config_path else home() / "configs" / "eval_config.json"
+    output = Path(output_dir) if output_dir else home() / "results"
+    run_id = runner.check_run_id(run_id if run_id is not None else runner.default_run_id())
+    gpu = runner.check_gpu(gpu)
+    includes = _include_paths(include_paths)
+
+    cfg, index = _load(config_file, includes)
+    plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes)
+
+    if validate_config:
+        for warning in cfg.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        enabled = len(plan.to_run)
+        runs = sum(len(b.runs) for b in plan.to_run)
+        click.echo(f"{config_file}: valid ({len(cfg.benchmarks)} benchmarks, {enabled} enabled, "
+                   f"{runs} lm-eval runs)")
+        return
+    if list_benchmarks:
+        print_benchmarks(cfg, plan)
+        return
+    if not plan.to_run:
+        raise UsageError(f"{config_file}: nothing to run: every benchmark is disabled or lists only disabled tasks")
+
+    if dry_run:
+        for warning in cfg.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if endpoint:
+            from evalchemy.endpoint import normalize
+
+            base_url = normalize(endpoint).completions_url
+        else:
+            base_url = "ENDPOINT_URL"
+            click.echo("note: no --endpoint given: the commands show ENDPOINT_URL", err=True)
+        settings = plan_mod.ModelSettings(
+            base_url=base_url, model=model or "MODEL", tokenizer=tokenizer or ("TOKENIZER" if plan.needs_loglikelihood
+                                                                                 else None),
+            tokenizer_backend="huggingface" if (tokenizer or plan.needs_loglikelihood) else "none",
+            tokenized_requests=bool(tokenizer or plan.needs_loglikelihood),
+            num_concurrent=concurrency or plan_mod.DEFAULT_CONCURRENCY,
+            timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
+            max_length=max_length or plan_mod.DEFAULT_MAX_LENGTH,
+        )
+        if not model:
+            click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)
+        if settings.tokenizer == "TOKENIZER":
+            click.echo("note: TOKENIZER is resolved offline at run time (or pass --tokenizer)", err=True)
+        print_dry_run(plan, settings, output / run_id, sys.stdout)
+        return
+
+    if not endpoint:
+        raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
+                         "--endpoint http://gpu-box:8000/v1/completions")
+    from evalchemy.endpoint import normalize
+
+    normalize(endpoint)  # a malformed URL is a usage error, before anything is written
+    opts = runner.RunOptions(
+        endpoint=endpoint, run_id=run_id, output_dir=output, model=model, tokenizer=tokenizer,
+        batch_size=batch_size, gpu=gpu, max_length=max_length,
+        concurrency=concurrency or plan_mod.DEFAULT_CONCURRENCY,
+        request_timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
+        log_level=log_level,
+    )
+    attach_run_logs(opts.run_dir, run_id, log_level)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=os.environ.get("OPENAI_API_KEY"))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    print_scores(result)
+    click.echo(str(result.summary_path))
+    sys.exit(result.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="run_evalchemy.sh", standalone_mode=False)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(EXIT_USAGE if err.exit_code == 2 else err.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except ConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        click.echo("(exit code 2: config error; nothing was run)", err=True)
+        sys.exit(err.exit_code)
+    except EvalchemyError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except Exception:  # noqa: BLE001 - the one place that turns a bug into exit code 1
+        logger.exception("internal error (please report it with the traceback above)")
+        sys.exit(EXIT_INTERNAL)

@@ -1,0 +1,289 @@
+"""Load and validate ``eval_config.json``.
+
+Every problem is reported at once, one line each, with its location: JSON syntax errors (line and column, with a
+hint for the comments and trailing commas people copy from examples), schema errors (JSON path), and task names
+that are neither in the config's ``tasks`` section nor known to lm-eval (with a "did you mean").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path, PurePosixPath
+
+from evalchemy.errors import ConfigError
+
+PRIORITIES = ("high", "medium", "low")
+DEFAULT_PRIORITY = "medium"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One entry of the config's ``tasks`` section."""
+
+    name: str
+    enabled: bool = True
+    tasks: tuple[str, ...] = ()
+    num_fewshot: int | None = None
+    batch_size: int | None = None
+    limit: int | None = None
+    description: str = ""
+    label: str | None = None
+    metrics: tuple[str, ...] = ()
+    output_path: str | None = None
+    log_samples: bool = False
+    priority: str = DEFAULT_PRIORITY
+    timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One entry of the config's ``benchmarks`` section."""
+
+    name: str
+    enabled: bool
+    description: str
+    tasks: tuple[str, ...]
+
+
+@dataclass
+class Config:
+    path: Path
+    sha256: str
+    benchmarks: dict[str, Benchmark]
+    tasks: dict[str, TaskEntry]
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_schema(name: str = "config.schema.json") -> dict:
+    return json.loads(resources.files("evalchemy").joinpath("schemas", name).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JSON syntax
+
+
+def _syntax_hints(text: str) -> list[tuple[int, int, str]]:
+    """Comments and trailing commas outside strings: (line, column, hint), all of them, in file order."""
+    hints: list[tuple[int, int, str]] = []
+    line, col = 1, 1
+    i, n = 0, len(text)
+    in_string = False
+    last_comma: tuple[int, int] | None = None
+    while i < n:
+        ch = text[i]
+        if in_string:
+            if ch == "\\":
+                i += 2
+                col += 2
+                continue
+            if ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+            last_comma = None
+        elif ch == "/" and text.startswith("//", i):
+            hints.append((line, col, "JSON does not allow comments: delete the `//` comment"))
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif ch == "/" and text.startswith("/*", i):
+            hints.append((line, col, "JSON does not allow comments: delete the `/* */` comment"))
+            end = text.find("*/", i + 2)
+            stop = n if end < 0 else end + 2
+            skipped = text[i:stop]
+            line += skipped.count("\n")
+            col = (len(skipped) - skipped.rfind("\n")) if "\n" in skipped else col + len(skipped)
+            i = stop
+            continue
+        elif ch == ",":
+            last_comma = (line, col)
+        elif ch in "}]":
+            if last_comma is not None:
+                closer = "object" if ch == "}" else "list"
+                hints.append((*last_comma, f"trailing comma before the end of an {closer}: delete this comma"))
+            last_comma = None
+        elif not ch.isspace():
+            last_comma = None
+        if ch == "\n":
+            line += 1
+            col = 1
+        else:
+            col += 1
+        i += 1
+    return hints
+
+
+def parse_json(path: Path, text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        problems = [f"line {ln}, column {cl}: {hint}" for ln, cl, hint in _syntax_hints(text)]
+        if not problems:
+            problems = [f"line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}"]
+        raise ConfigError(str(path), problems) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Schema
+
+
+def _location(path) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _schema_message(error) -> tuple[str, str]:
+    """(location, message) for one jsonschema error, phrased for people editing the file."""
+    location = _location(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        parts = []
+        for key in extra:
+            close = _close(key, allowed)
+            parts.append(f"unknown key '{key}'" + (f" (did you mean '{close}'?)" if close else ""))
+        return location, "; ".join(parts) + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+    if error.validator == "pattern":
+        defs = load_schema()["$defs"]
+        if error.validator_value == defs["name"]["pattern"]:
+            return location, (f"{error.instance!r} is not a valid name: use letters, digits, '.', '_' and '-', "
+                              "starting with a letter or digit")
+        if error.validator_value == defs["lm_eval_task"]["pattern"]:
+            return location, (f"{error.instance!r} is not a valid lm-eval task name: use letters, digits, "
+                              "'.', '_' and '-' (no commas, spaces or leading '-')")
+    if error.validator == "propertyNames":
+        return location, error.message
+    if error.validator == "enum":
+        return location, f"{error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    if error.validator == "minItems" and error.validator_value == 1:
+        return location, "must list at least one name"
+    return location, error.message
+
+
+def _close(word: str, choices) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def schema_problems(data: object) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(load_schema())
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
+        location, message = _schema_message(error)
+        problems.append(f"{location}: {message}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Semantics
+
+
+def _output_path_problem(value: str) -> str | None:
+    posix = PurePosixPath(value.replace("\\", "/"))
+    if posix.is_absolute() or re.match(r"^[A-Za-z]:", value):
+        return f"{value!r} must be a path relative to the run's results folder, not an absolute path"
+    if ".." in posix.parts:
+        return f"{value!r} must stay inside the run's results folder: remove '..'"
+    return None
+
+
+def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
+    """(problems, warnings) that the schema cannot express. ``index`` answers which lm-eval task names exist;
+    None skips that check."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    tasks = data.get("tasks", {})
+    referenced: set[str] = set()
+
+    def unknown(location: str, name: str, extra_choices=()) -> None:
+        close = [c for c in [_close(name, extra_choices)] if c] + index.suggestions(name)
+        hint = f" (did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?)" if close else ""
+        where = "a task in this config's tasks section nor " if extra_choices is tasks else ""
+        problems.append(f"{location}: {name!r} is not {where}an lm-eval task{hint}")
+
+    for bench_name, bench in data.get("benchmarks", {}).items():
+        for i, name in enumerate(bench.get("tasks", [])):
+            referenced.add(name)
+            if name in tasks:
+                continue
+            if index is not None and not index.knows(name):
+                unknown(f"benchmarks.{bench_name}.tasks[{i}]", name, tasks)
+        if bench.get("enabled"):
+            entries = [tasks.get(n) for n in bench.get("tasks", [])]
+            if entries and all(e is not None and not e.get("enabled", True) for e in entries):
+                warnings.append(f"benchmarks.{bench_name}: enabled, but every task it lists is disabled; "
+                                "it will be skipped")
+
+    for entry_name, entry in tasks.items():
+        names = entry.get("tasks", [entry_name])
+        for i, name in enumerate(names):
+            if index is not None and not index.knows(name):
+                unknown(f"tasks.{entry_name}.tasks[{i}]" if "tasks" in entry else f"tasks.{entry_name}", name)
+        if "output_path" in entry:
+            problem = _output_path_problem(entry["output_path"])
+            if problem:
+                problems.append(f"tasks.{entry_name}.output_path: {problem}")
+        if entry_name not in referenced:
+            warnings.append(f"tasks.{entry_name}: not listed by any benchmark, so it never runs")
+    return problems, warnings
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: Path, index=None) -> Config:
+    """Read, validate and return the config. Raises ConfigError listing every problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found: pass --config with the path of your eval_config.json"]) from None
+    except OSError as err:
+        raise ConfigError(str(path), [f"cannot read the file: {err.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [f"byte {err.start}: the file is not UTF-8 text: save it as UTF-8"]) from None
+    data = parse_json(path, text)
+    problems = schema_problems(data)
+    if problems:
+        raise ConfigError(str(path), problems)
+    problems, warnings = semantic_problems(data, index)
+    if problems:
+        raise ConfigError(str(path), problems)
+
+    tasks = {}
+    for name, entry in data.get("tasks", {}).items():
+        tasks[name] = TaskEntry(
+            name=name,
+            enabled=entry["enabled"],
+            tasks=tuple(entry.get("tasks", [name])),
+            num_fewshot=entry.get("num_fewshot"),
+            batch_size=entry.get("batch_size"),
+            limit=entry.get("limit"),
+            description=entry.get("description", ""),
+            label=entry.get("label"),
+            metrics=tuple(entry.get("metrics", ())),
+            output_path=entry.get("output_path"),
+            log_samples=entry.get("log_samples", False),
+            priority=entry.get("priority", DEFAULT_PRIORITY),
+            timeout=entry.get("timeout"),
+        )
+    benchmarks = {
+        name: Benchmark(name=name, enabled=b["enabled"], description=b.get("description", ""), tasks=tuple(b["tasks"]))
+        for name, b in data["benchmarks"].items()
+    }
+    return Config(path=path, sha256=hashlib.sha256(raw).hexdigest(), benchmarks=benchmarks, tasks=tasks,
+                  warnings=warnings)

@@ -1,0 +1,205 @@
+"""The vLLM OpenAI-compatible endpoint: URL normalization, model discovery, tokenizer resolution (offline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from evalchemy.errors import PreflightError, UsageError
+
+logger = logging.getLogger(__name__)
+
+PREFLIGHT_TIMEOUT_S = 5.0
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send requests. ``completions_url`` may carry credentials; ``display`` never does."""
+
+    completions_url: str
+    models_url: str
+    server_base: str
+    display: str
+
+    @property
+    def display_models_url(self) -> str:
+        return _redact(self.models_url)
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without user:password (for the summary and logs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def normalize(url: str) -> Endpoint:
+    """Accept ``http://h:8000``, ``http://h:8000/v1``, ``http://h/prefix/v1/completions`` and return the URLs."""
+    raw = url.strip()
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(
+            f"--endpoint {raw!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
+            "(or 'local' for the embedded model)"
+        )
+    path = parts.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        raise UsageError(
+            f"--endpoint {raw!r}: this is a chat endpoint; evalchemy needs the completions endpoint "
+            "(…/v1/completions): chat endpoints return no prompt log-probabilities for multiple-choice tasks"
+        )
+    for suffix in ("/v1/completions", "/completions", "/v1/models", "/v1"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    completions = f"{base}/v1/completions"
+    return Endpoint(
+        completions_url=completions,
+        models_url=f"{base}/v1/models",
+        server_base=base,
+        display=_redact(completions),
+    )
+
+
+def _get_json(url: str, api_key: str | None, timeout: float) -> object:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if api_key:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only, checked above)
+        return json.loads(response.read().decode("utf-8"))
+
+
+def fetch_models(endpoint: Endpoint, api_key: str | None = None, timeout: float = PREFLIGHT_TIMEOUT_S) -> list[dict]:
+    """``GET /v1/models``; raises PreflightError with the URL and the reason."""
+    where = endpoint.display_models_url
+    try:
+        body = _get_json(endpoint.models_url, api_key, timeout)
+    except urllib.error.HTTPError as err:
+        hint = " (check OPENAI_API_KEY)" if err.code in (401, 403) else ""
+        raise PreflightError(f"endpoint {where} answered HTTP {err.code} {err.reason}{hint}") from None
+    except urllib.error.URLError as err:
+        raise PreflightError(
+            f"endpoint {where} is not reachable: {err.reason}; is the vLLM server running and is the URL right?"
+        ) from None
+    except TimeoutError:
+        raise PreflightError(f"endpoint {where} did not answer within {timeout:g} s") from None
+    except (ValueError, UnicodeDecodeError):
+        raise PreflightError(f"endpoint {where} did not answer with JSON: is this a vLLM OpenAI-compatible server?") from None
+    except OSError as err:
+        raise PreflightError(f"endpoint {where} failed: {err}") from None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+        raise PreflightError(f"endpoint {where} answered without a model list ('data': [{{'id': ...}}])")
+    return data
+
+
+def choose_model(models: list[dict], requested: str | None, endpoint: Endpoint) -> dict:
+    ids = [m["id"] for m in models]
+    if requested:
+        for model in models:
+            if model["id"] == requested:
+                return model
+        served = ", ".join(ids) if ids else "nothing"
+        raise PreflightError(f"model {requested!r} is not served by {endpoint.display}; it serves: {served}")
+    if not models:
+        raise PreflightError(f"endpoint {endpoint.display_models_url} serves no model")
+    if len(models) > 1:
+        raise PreflightError(
+            f"endpoint {endpoint.display_models_url} serves {len(models)} models: {', '.join(ids)}; "
+            "pass --model NAME to choose one"
+        )
+    return models[0]
+
+
+@dataclass(frozen=True)
+class TokenizerChoice:
+    backend: str  # "huggingface", "remote" or "none"
+    path: str | None
+    source: str  # how it was found, for the run log
+
+
+def _is_tokenizer_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / name).exists() for name in TOKENIZER_FILES)
+
+
+def hf_cache_has(repo_id: str) -> bool:
+    """True when a hub repo id is in the local Hugging Face cache (usable with HF_HUB_OFFLINE=1)."""
+    if "/" not in repo_id or repo_id.startswith(("/", ".")):
+        return False
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
+    folder = hub.expanduser() / ("models--" + repo_id.replace("/", "--"))
+    return folder.is_dir()
+
+
+def has_tokenizer_endpoints(endpoint: Endpoint, api_key: str | None = None) -> bool:
+    """vLLM serves /tokenizer_info only when started with --enable-tokenizer-info-endpoint."""
+    try:
+        info = _get_json(f"{endpoint.server_base}/tokenizer_info", api_key, PREFLIGHT_TIMEOUT_S)
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict)
+
+
+def resolve_tokenizer(
+    requested: str | None,
+    model: dict | None,
+    endpoint: Endpoint | None,
+    needs_loglikelihood: bool,
+    api_key: str | None = None,
+) -> TokenizerChoice:
+    """Find a tokenizer without any download: --tokenizer, the server's ``root`` path, the local HF cache, the
+    server's tokenizer endpoints. Raises PreflightError when log-likelihood tasks have none."""
+    if requested:
+        path = Path(requested).expanduser()
+        if _is_tokenizer_dir(path):
+            return TokenizerChoice("huggingface", str(path.resolve()), "--tokenizer")
+        if path.exists():
+            raise PreflightError(
+                f"--tokenizer {requested}: the folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+                "point it at the model folder vLLM was started with"
+            )
+        if hf_cache_has(requested):
+            return TokenizerChoice("huggingface", requested, "--tokenizer (Hugging Face cache)")
+        raise PreflightError(
+            f"--tokenizer {requested}: not a folder on this disk and not in the local Hugging Face cache; "
+            "nothing is downloaded: copy the model's tokenizer files here and pass --tokenizer /path/to/folder"
+        )
+    candidates = []
+    if model:
+        candidates = [c for c in (model.get("root"), model.get("id")) if isinstance(c, str) and c]
+    for candidate in candidates:
+        if _is_tokenizer_dir(Path(candidate)):
+            return TokenizerChoice("huggingface", candidate, "the model folder the server reports (root)")
+    for candidate in candidates:
+        if hf_cache_has(candidate):
+            return TokenizerChoice("huggingface", candidate, "the local Hugging Face cache")
+    if endpoint is not None and has_tokenizer_endpoints(endpoint, api_key):
+        return TokenizerChoice("remote", None, "the server's /tokenizer_info and /tokenize endpoints")
+    if needs_loglikelihood:
+        reported = f" (the server reports root={candidates[0]!r}, which is not on this disk)" if candidates else ""
+        raise PreflightError(
+            "multiple-choice tasks need the model's tokenizer and none was found offline" + reported + ": "
+            "pass --tokenizer /path/to/model-folder (a folder with tokenizer.json), "
+            "or start vLLM with --enable-tokenizer-info-endpoint"
+        )
+    return TokenizerChoice("none", None, "not needed: generation tasks only")

@@ -1,0 +1,60 @@
+"""The project's exceptions. Each carries the process exit code the CLI maps it to."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_PREFLIGHT = 3
+EXIT_BENCHMARKS_FAILED = 4
+EXIT_LOCKED = 5
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class EvalchemyError(Exception):
+    """Base class: a problem the user can act on. ``str(err)`` is the whole message."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class UsageError(EvalchemyError):
+    """A command-line flag has a bad value or flags conflict."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(EvalchemyError):
+    """The config file cannot be read or does not validate. ``problems`` lists every problem, one line each."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = list(problems)
+        count = len(self.problems)
+        head = f"{path}: {count} problem{'s' if count != 1 else ''} found"
+        super().__init__("\n".join([head, *("  " + p for p in self.problems)]))
+
+
+class PreflightError(EvalchemyError):
+    """The endpoint, model, tokenizer or data is not usable; nothing was run."""
+
+    exit_code = EXIT_PREFLIGHT
+
+
+class LockHeldError(EvalchemyError):
+    """Another run holds the lock on the output folder."""
+
+    exit_code = EXIT_LOCKED
+
+
+class Interrupted(EvalchemyError):
+    """The run was stopped by a signal."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

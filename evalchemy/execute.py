@@ -1,0 +1,203 @@
+"""Run a plan's benchmarks, one lm-eval invocation at a time, in a worker process with a wall-clock limit each."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
+from evalchemy.worker import RESULT_FD_ENV
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+KILL_GRACE_S = 3.0
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one TaskRun."""
+
+    run: TaskRun
+    status: str  # success | failed | timeout
+    error: str | None = None
+    results: dict | None = None
+    files: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+class WorkerCrashed(Exception):
+    pass
+
+
+class WorkerTimeout(Exception):
+    pass
+
+
+class Worker:
+    """One ``python -m evalchemy.worker`` process in its own process group."""
+
+    def __init__(self, env: dict[str, str], boot_log: Path):
+        self.env = env
+        self.boot_log = boot_log
+        self.proc: subprocess.Popen | None = None
+        self._answers = None
+        self._buffer = b""
+
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        env = {**self.env, RESULT_FD_ENV: str(write_fd)}
+        with open(self.boot_log, "ab") as boot:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                [sys.executable, "-m", "evalchemy.worker"],
+                stdin=subprocess.PIPE,
+                stdout=boot,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        os.close(write_fd)
+        self._answers = read_fd
+        self._buffer = b""
+        logger.debug("started worker pid %d", self.proc.pid)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def submit(self, job: dict, timeout_s: float) -> dict:
+        if not self.alive:
+            self.start()
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise WorkerCrashed(self._exit_text()) from None
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerTimeout()
+            ready, _, _ = select.select([self._answers], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(self._answers, 1 << 20)
+            if not chunk:
+                raise WorkerCrashed(self._exit_text())
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def _exit_text(self) -> str:
+        if self.proc is None:
+            return "the worker did not start"
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "the worker stopped answering"
+        if code < 0:
+            return f"the lm-eval worker was killed by {signal.Signals(-code).name}"
+        return f"the lm-eval worker exited with code {code}"
+
+    def stop(self) -> None:
+        """Terminate the worker and everything it started; idempotent."""
+        proc, self.proc = self.proc, None
+        if self._answers is not None:
+            os.close(self._answers)
+            self._answers = None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:
+            try:  # children the worker left behind
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if proc.stdin:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+
+def worker_env(gpu: str | None, log_level: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()}
+    env.update(OFFLINE_ENV)
+    env["EVALCHEMY_WORKER_LOG_LEVEL"] = "DEBUG" if log_level == "DEBUG" else "INFO"
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    src_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, log_path: Path,
+             public_base_url: str) -> RunOutcome:
+    """One lm-eval invocation through the worker; a timeout or crash kills the worker (the next job restarts it)."""
+    output_path = run_dir / run.output_dir
+    job = {
+        "id": f"{run.benchmark}/{run.entry}",
+        "log_path": str(log_path),
+        "output_path": str(output_path),
+        "kwargs": simple_evaluate_kwargs(run, model),
+        "task_folders": list(run.task_folders),
+        "credentials_free_base_url": public_base_url,
+    }
+    started = time.monotonic()
+    try:
+        answer = worker.submit(job, timeout_s=run.timeout)
+    except WorkerTimeout:
+        worker.stop()
+        return RunOutcome(run, "timeout", error=f"timed out after {run.timeout} s (tasks.{run.entry}.timeout)",
+                          duration_s=time.monotonic() - started)
+    except WorkerCrashed as err:
+        worker.stop()
+        return RunOutcome(run, "failed", error=str(err), duration_s=time.monotonic() - started)
+    duration = time.monotonic() - started
+    if not answer.get("ok"):
+        return RunOutcome(run, "failed", error=answer.get("error") or "lm-eval failed", duration_s=duration)
+    return RunOutcome(run, "success", results=answer["results"], files=answer.get("files", []), duration_s=duration)
+
+
+def run_benchmark(worker: Worker, bench: BenchmarkPlan, model: ModelSettings, run_dir: Path,
+                  public_base_url: str, outcomes: list[RunOutcome], on_run_done=None) -> None:
+    """Run the benchmark's invocations in order, appending each outcome to ``outcomes`` as it finishes (so an
+    interruption keeps what was done)."""
+    log_path = run_dir / f"{bench.name}_benchmark.log"
+    for run in bench.runs:
+        logger.info("benchmark %s: running %s (lm-eval tasks: %s)", bench.name, run.entry, ", ".join(run.tasks))
+        outcome = run_task(worker, run, model, run_dir, log_path, public_base_url)
+        if outcome.status == "success":
+            logger.info("benchmark %s: %s finished in %.1f s", bench.name, run.entry, outcome.duration_s)
+        else:
+            logger.error("benchmark %s: %s %s: %s (details: %s)", bench.name, run.entry, outcome.status,
+                         outcome.error, log_path.name)
+        outcomes.append(outcome)
+        if on_run_done:
+            on_run_done(outcome)

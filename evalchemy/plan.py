@@ -1,0 +1,229 @@
+"""Expand a validated config into the ordered list of lm-eval invocations a run makes.
+
+The same ``TaskRun`` + ``ModelSettings`` pair gives both the ``lm_eval run ...`` command line that ``--dry-run``
+prints and the keyword arguments the worker passes to ``lm_eval.simple_evaluate``, so what users copy is what runs.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import PurePosixPath
+
+from evalchemy.config import PRIORITIES, Config, TaskEntry
+from evalchemy.errors import UsageError
+
+DEFAULT_TASK_TIMEOUT_S = 3 * 3600
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_CONCURRENCY = 16
+DEFAULT_REQUEST_TIMEOUT_S = 120
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_MAX_LENGTH = 2048
+LM_EVAL_MODEL = "local-completions"
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What lm-eval's ``local-completions`` model gets (``--model_args``)."""
+
+    base_url: str
+    model: str | None
+    tokenizer: str | None = None
+    tokenizer_backend: str = "huggingface"
+    tokenized_requests: bool = True
+    num_concurrent: int = DEFAULT_CONCURRENCY
+    max_retries: int = DEFAULT_MAX_RETRIES
+    timeout: int = DEFAULT_REQUEST_TIMEOUT_S
+    max_length: int = DEFAULT_MAX_LENGTH
+
+    def model_args(self) -> dict[str, str | int | bool]:
+        args: dict[str, str | int | bool] = {"base_url": self.base_url, "model": self.model or "MODEL"}
+        if self.tokenizer:
+            args["tokenizer"] = self.tokenizer
+        args.update(
+            tokenizer_backend=self.tokenizer_backend,
+            tokenized_requests=self.tokenized_requests,
+            num_concurrent=self.num_concurrent,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            max_length=self.max_length,
+        )
+        return args
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One lm-eval invocation: one config task entry (or one bare lm-eval task name) of a benchmark."""
+
+    benchmark: str
+    entry: str
+    label: str
+    tasks: tuple[str, ...]
+    num_fewshot: int | None
+    batch_size: int
+    limit: int | None
+    log_samples: bool
+    timeout: int
+    metrics: tuple[str, ...]
+    priority: str
+    output_dir: str  # relative to the run folder
+    include_paths: tuple[str, ...]  # folders with task YAMLs outside lm-eval's own
+    task_folders: tuple[str, ...]  # every folder lm-eval needs to build these tasks (restricted TaskManager)
+    needs_loglikelihood: bool
+
+
+@dataclass
+class BenchmarkPlan:
+    name: str
+    description: str
+    enabled: bool
+    priority: str
+    runs: list[TaskRun] = field(default_factory=list)
+    skip_reason: str | None = None
+
+
+@dataclass
+class Plan:
+    benchmarks: list[BenchmarkPlan]
+
+    @property
+    def to_run(self) -> list[BenchmarkPlan]:
+        return [b for b in self.benchmarks if b.skip_reason is None]
+
+    @property
+    def needs_loglikelihood(self) -> bool:
+        return any(run.needs_loglikelihood for bench in self.to_run for run in bench.runs)
+
+
+def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, index, include_paths) -> TaskRun:
+    folders: list[str] = []
+    needs_ll = False
+    for name in entry.tasks:
+        if index is not None:
+            for folder in index.folders(name):
+                if folder not in folders:
+                    folders.append(folder)
+            needs_ll = needs_ll or index.needs_loglikelihood(name)
+        else:
+            needs_ll = True
+    user_includes = tuple(p for p in include_paths if any(f == p or f.startswith(p.rstrip("/") + "/") for f in folders))
+    output_dir = entry.output_path or f"lm_eval/{bench}/{entry.name}"
+    return TaskRun(
+        benchmark=bench,
+        entry=entry.name,
+        label=entry.label or entry.name,
+        tasks=entry.tasks,
+        num_fewshot=entry.num_fewshot,
+        batch_size=batch_override or entry.batch_size or DEFAULT_BATCH_SIZE,
+        limit=entry.limit,
+        log_samples=entry.log_samples,
+        timeout=entry.timeout or DEFAULT_TASK_TIMEOUT_S,
+        metrics=entry.metrics,
+        priority=entry.priority,
+        output_dir=str(PurePosixPath(output_dir)),
+        include_paths=user_includes,
+        task_folders=tuple(folders),
+        needs_loglikelihood=needs_ll,
+    )
+
+
+def build_plan(config: Config, index=None, batch_size: int | None = None, include_paths=()) -> Plan:
+    """Benchmarks in execution order: by priority (high, medium, low), ties in config order.
+
+    An enabled benchmark runs each name in its ``tasks``: a name with an entry in the ``tasks`` section takes that
+    entry's settings (and is skipped when the entry is disabled); any other name is an lm-eval task run with
+    defaults. A benchmark's priority is the highest priority among the entries it runs.
+    """
+    include_paths = tuple(str(p) for p in include_paths)
+    planned: list[BenchmarkPlan] = []
+    for bench in config.benchmarks.values():
+        plan = BenchmarkPlan(name=bench.name, description=bench.description, enabled=bench.enabled,
+                             priority=PRIORITIES[-1])
+        if not bench.enabled:
+            plan.skip_reason = "disabled in the config"
+            plan.priority = "-"
+            planned.append(plan)
+            continue
+        for name in bench.tasks:
+            entry = config.tasks.get(name) or TaskEntry(name=name, tasks=(name,))
+            if not entry.enabled:
+                continue
+            plan.runs.append(_entry_run(bench.name, entry, batch_size, index, include_paths))
+        if not plan.runs:
+            plan.skip_reason = "every task it lists is disabled in the tasks section"
+            plan.priority = "-"
+        else:
+            plan.runs.sort(key=lambda r: PRIORITIES.index(r.priority))
+            plan.priority = plan.runs[0].priority
+        planned.append(plan)
+    order = {name: i for i, name in enumerate(config.benchmarks)}
+    planned.sort(key=lambda b: (b.skip_reason is not None, PRIORITIES.index(b.priority) if b.priority in PRIORITIES
+                                else len(PRIORITIES), order[b.name]))
+    return Plan(benchmarks=planned)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lm-eval invocation, as a command line and as simple_evaluate() arguments
+
+
+_MODEL_ARG_VALUE = re.compile(r"^[^,=\s]*$")
+
+
+def format_model_args(args: dict) -> str:
+    """lm-eval's ``key=value,key=value`` form. A value that would change how lm-eval splits it is refused."""
+    parts = []
+    for key, value in args.items():
+        text = str(value)
+        if not _MODEL_ARG_VALUE.match(text):
+            raise UsageError(
+                f"model argument {key}={text!r} contains a comma, '=' or whitespace, which lm-eval's --model_args "
+                "cannot carry: rename the path or model so it has none"
+            )
+        parts.append(f"{key}={text}")
+    return ",".join(parts)
+
+
+def redact_url(url: str) -> str:
+    from evalchemy.endpoint import _redact
+
+    return _redact(url)
+
+
+def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str, redact: bool = True) -> list[str]:
+    """The ``lm_eval run`` command line equivalent to what the worker runs for ``run``."""
+    shown = replace(model, base_url=redact_url(model.base_url)) if redact else model
+    argv = ["lm_eval", "run", "--model", LM_EVAL_MODEL, "--model_args", format_model_args(shown.model_args()),
+            "--tasks", ",".join(run.tasks), "--batch_size", str(run.batch_size)]
+    if run.num_fewshot is not None:
+        argv += ["--num_fewshot", str(run.num_fewshot)]
+    if run.limit is not None:
+        argv += ["--limit", str(run.limit)]
+    argv += ["--output_path", output_path]
+    if run.log_samples:
+        argv.append("--log_samples")
+    for folder in run.include_paths:
+        argv += ["--include_path", folder]
+    return argv
+
+
+def shell_line(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings) -> dict:
+    """Keyword arguments for ``lm_eval.simple_evaluate`` (without the TaskManager, which the worker builds)."""
+    return {
+        "model": LM_EVAL_MODEL,
+        "model_args": model.model_args(),
+        "tasks": list(run.tasks),
+        "num_fewshot": run.num_fewshot,
+        "batch_size": run.batch_size,
+        "limit": run.limit,
+        "log_samples": run.log_samples,
+    }
+
+
+def to_dict(obj) -> dict:
+    return asdict(obj)

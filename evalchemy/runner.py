@@ -1,0 +1,312 @@
+"""A whole run: preflight, every benchmark of the plan through the worker, results files and the summary."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from evalchemy import collect, endpoint as endpoint_mod
+from evalchemy.config import Config
+from evalchemy.errors import (
+    EXIT_BENCHMARKS_FAILED,
+    EXIT_OK,
+    EXIT_PREFLIGHT,
+    Interrupted,
+    PreflightError,
+    UsageError,
+)
+from evalchemy.execute import RunOutcome, Worker, run_benchmark, worker_env
+from evalchemy.plan import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    BenchmarkPlan,
+    ModelSettings,
+    Plan,
+    lm_eval_argv,
+    shell_line,
+)
+from evalchemy.summary import BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+GPU_PATTERN = re.compile(r"^[0-9]+(,[0-9]+)*$")
+
+
+def default_run_id() -> str:
+    return f"{datetime.now():%Y%m%d_%H%M%S}_{os.getpid()}"
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID_PATTERN.match(run_id) or run_id in (".", ".."):
+        raise UsageError(
+            f"--run-id {run_id!r}: use 1 to 128 letters, digits, '.', '_' or '-' (not '.' or '..'); "
+            "it names a folder under --output"
+        )
+    return run_id
+
+
+def check_gpu(gpu: str | None) -> str | None:
+    if gpu is not None and not GPU_PATTERN.match(gpu):
+        raise UsageError(f"--gpu {gpu!r}: expected GPU ids separated by commas, such as 0 or 0,1")
+    return gpu
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    endpoint: str
+    run_id: str
+    output_dir: Path
+    model: str | None = None
+    tokenizer: str | None = None
+    batch_size: int | None = None
+    gpu: str | None = None
+    max_length: int | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    request_timeout: int = DEFAULT_REQUEST_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
+    log_level: str = "INFO"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.run_id
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    summary_path: Path
+    exit_code: int
+    records: list[BenchmarkRecord] = field(default_factory=list)
+
+
+class Events:
+    """Progress callbacks; the CLI subclasses this to draw progress. The default does nothing."""
+
+    def preflight_done(self, model: str, tokenizer: endpoint_mod.TokenizerChoice) -> None: ...
+
+    def benchmark_started(self, bench: BenchmarkPlan, position: int, total: int) -> None: ...
+
+    def task_run_done(self, outcome: RunOutcome) -> None: ...
+
+    def benchmark_done(self, record: BenchmarkRecord) -> None: ...
+
+
+@dataclass
+class Preflight:
+    endpoint: endpoint_mod.Endpoint
+    model: str
+    tokenizer: endpoint_mod.TokenizerChoice
+    model_settings: ModelSettings
+
+
+def preflight(opts: RunOptions, plan: Plan, api_key: str | None) -> Preflight:
+    """Check the endpoint, pick the model and find a tokenizer offline. Raises PreflightError."""
+    ep = endpoint_mod.normalize(opts.endpoint)
+    logger.info("endpoint: %s", ep.display)
+    models = endpoint_mod.fetch_models(ep, api_key=api_key)
+    model = endpoint_mod.choose_model(models, opts.model, ep)
+    logger.info("model: %s", model["id"])
+    tokenizer = endpoint_mod.resolve_tokenizer(opts.tokenizer, model, ep, plan.needs_loglikelihood, api_key)
+    logger.info("tokenizer: %s (%s)", tokenizer.path or tokenizer.backend, tokenizer.source)
+    server_max = model.get("max_model_len")
+    max_length = opts.max_length or (server_max if isinstance(server_max, int) and server_max > 0 else None)
+    if max_length is None:
+        max_length = DEFAULT_MAX_LENGTH
+        logger.warning("the server does not report max_model_len; using max_length=%d (pass --max-length)",
+                       max_length)
+    settings = ModelSettings(
+        base_url=ep.completions_url,
+        model=model["id"],
+        tokenizer=tokenizer.path,
+        tokenizer_backend=tokenizer.backend,
+        tokenized_requests=tokenizer.backend != "none",
+        num_concurrent=opts.concurrency,
+        max_retries=opts.max_retries,
+        timeout=opts.request_timeout,
+        max_length=max_length,
+    )
+    return Preflight(endpoint=ep, model=model["id"], tokenizer=tokenizer, model_settings=settings)
+
+
+def _relative(run_dir: Path, path: str | Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
+            model_settings: ModelSettings | None, public_url: str) -> BenchmarkRecord:
+    record = BenchmarkRecord(name=bench.name, description=bench.description, status="skipped",
+                             tasks=[t for run in bench.runs for t in run.tasks] or [], priority=bench.priority)
+    if bench.skip_reason:
+        record.error = f"skipped: {bench.skip_reason}"
+        return record
+    statuses = {o.status for o in outcomes}
+    if len(outcomes) < len(bench.runs):
+        record.status = "failed"
+    elif statuses == {"success"}:
+        record.status = "success"
+    elif "timeout" in statuses:
+        record.status = "timeout"
+    else:
+        record.status = "failed"
+    errors = [f"{o.run.entry}: {o.error}" for o in outcomes if o.error]
+    record.error = "; ".join(errors) or (None if record.status == "success" else "not finished")
+    record.duration_s = sum(o.duration_s for o in outcomes)
+    scores = collect.benchmark_scores(outcomes)
+    record.metrics = scores["metrics"]
+    record.n_samples = scores["n_samples"]
+    record.primary_metric = scores["primary_metric"]
+    record.accuracy = scores["accuracy"]
+    record.subject_accuracy = scores["subject_accuracy"]
+    log_path = run_dir / f"{bench.name}_benchmark.log"
+    files = []
+    merged = collect.merge_results(outcomes)
+    if merged is not None:
+        results_path = run_dir / f"{bench.name}_results.json"
+        write_json_atomic(results_path, merged)
+        files.append(results_path.name)
+    if log_path.exists():
+        files.append(log_path.name)
+    for outcome in outcomes:
+        files.extend(_relative(run_dir, f) for f in outcome.files)
+    record.files = files
+    for outcome in outcomes:
+        entry = {"entry": outcome.run.entry, "label": outcome.run.label, "tasks": list(outcome.run.tasks),
+                 "status": outcome.status, "error": outcome.error, "duration_s": round(outcome.duration_s, 3)}
+        if model_settings is not None:
+            argv = lm_eval_argv(outcome.run, _public(model_settings, public_url), str(run_dir / outcome.run.output_dir))
+            entry["lm_eval_command"] = shell_line(argv)
+        record.runs.append(entry)
+    return record
+
+
+def _public(settings: ModelSettings, public_url: str) -> ModelSettings:
+    from dataclasses import replace
+
+    return replace(settings, base_url=public_url)
+
+
+def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None = None,
+            api_key: str | None = None) -> RunResult:
+    """Run the plan. The caller has validated the config and attached the run log handlers."""
+    events = events or Events()
+    run_dir = opts.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started_at, t0 = now_iso(), time.monotonic()
+    logger.info("run %s: config %s (sha256 %s), %d benchmark(s) to run", opts.run_id, config.path, config.sha256,
+                len(plan.to_run))
+    for warning in config.warnings:
+        logger.warning("config: %s", warning)
+
+    records: list[BenchmarkRecord] = []
+    pre: Preflight | None = None
+    preflight_error: str | None = None
+    interrupted: Interrupted | None = None
+    worker: Worker | None = None
+    try:
+        try:
+            pre = preflight(opts, plan, api_key)
+            events.preflight_done(pre.model, pre.tokenizer)
+        except PreflightError as err:
+            preflight_error = str(err)
+            logger.error("preflight failed, nothing was run: %s", err)
+        if pre is not None:
+            public_url = endpoint_mod.strip_credentials(pre.endpoint.completions_url)
+            worker = Worker(worker_env(opts.gpu, opts.log_level), run_dir / ".worker.log")
+            to_run = plan.to_run
+            for position, bench in enumerate(to_run, 1):
+                events.benchmark_started(bench, position, len(to_run))
+                logger.info("[%d/%d] benchmark %s", position, len(to_run), bench.name)
+                outcomes: list[RunOutcome] = []
+                try:
+                    run_benchmark(worker, bench, pre.model_settings, run_dir, public_url, outcomes,
+                                  on_run_done=events.task_run_done)
+                finally:
+                    record = _record(bench, outcomes, run_dir, pre.model_settings, public_url)
+                    records.append(record)
+                logger.info("[%d/%d] benchmark %s: %s", position, len(to_run), bench.name, record.status)
+                events.benchmark_done(record)
+    except Interrupted as err:
+        interrupted = err
+        logger.error("run %s interrupted (%s): stopping the current benchmark", opts.run_id, err)
+    finally:
+        if worker is not None:
+            worker.stop()
+        worker_boot_log = run_dir / ".worker.log"
+        if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
+            worker_boot_log.unlink()
+
+    done = {r.name for r in records}
+    for bench in plan.benchmarks:
+        if bench.name in done:
+            continue
+        if bench.skip_reason:
+            records.append(_record(bench, [], run_dir, None, ""))
+        else:
+            record = BenchmarkRecord(name=bench.name, description=bench.description,
+                                     status="skipped" if pre is None or interrupted else "failed",
+                                     tasks=[t for run in bench.runs for t in run.tasks], priority=bench.priority,
+                                     error="not run: " + ("preflight failed" if pre is None else "run interrupted"))
+            records.append(record)
+
+    status = run_status(records, interrupted is not None, preflight_error)
+    if interrupted is not None:
+        exit_code = interrupted.exit_code
+    elif preflight_error:
+        exit_code = EXIT_PREFLIGHT
+    elif status == "success":
+        exit_code = EXIT_OK
+    else:
+        exit_code = EXIT_BENCHMARKS_FAILED
+    summary_path = run_dir / f"evalchemy_summary_{opts.run_id}.json"
+    summary = build_summary(
+        run_id=opts.run_id,
+        status=status,
+        exit_code=exit_code,
+        started_at=started_at,
+        finished_at=now_iso(),
+        duration_s=time.monotonic() - t0,
+        endpoint=endpoint_mod.strip_credentials(pre.endpoint.completions_url) if pre else
+        _safe_display(opts.endpoint),
+        model=pre.model if pre else opts.model,
+        tokenizer={"backend": pre.tokenizer.backend, "path": pre.tokenizer.path, "source": pre.tokenizer.source}
+        if pre else None,
+        config_path=str(config.path),
+        config_sha256=config.sha256,
+        settings={
+            "batch_size": opts.batch_size,
+            "concurrency": opts.concurrency,
+            "max_length": pre.model_settings.max_length if pre else opts.max_length,
+            "request_timeout_s": opts.request_timeout,
+            "max_retries": opts.max_retries,
+            "gpu": opts.gpu,
+        },
+        versions=versions(),
+        records=records,
+        files={
+            "run_log": f"evalchemy_{opts.run_id}.log",
+            "errors_log": f"evalchemy_errors_{opts.run_id}.log",
+            "summary": summary_path.name,
+        },
+        error=preflight_error or (str(interrupted) if interrupted else None),
+    )
+    write_json_atomic(summary_path, summary)
+    logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
+    return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)
+
+
+def _safe_display(url: str) -> str:
+    try:
+        return endpoint_mod.normalize(url).display
+    except UsageError:
+        return url

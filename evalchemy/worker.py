@@ -1,0 +1,117 @@
+"""The lm-eval worker process: ``python -m evalchemy.worker``.
+
+The runner starts one worker per run (and a fresh one after a timeout or crash). The worker imports lm-eval once,
+builds one ``TaskManager`` over just the task folders the run needs, then runs jobs read as JSON lines from stdin,
+one lm-eval invocation each. For each job it sends its output (stdout, stderr, logging) to that job's benchmark log,
+saves lm-eval's output files as ``lm_eval run --output_path`` does, and answers one JSON line on the result pipe
+(file descriptor named by ``EVALCHEMY_RESULT_FD``), which nothing else writes to.
+
+Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url"}
+Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "duration_s": float}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
+
+
+def _redirect_output(log_path: str) -> None:
+    """Point fds 1 and 2 (and so print, tqdm and every logging handler on them) at ``log_path``."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("EVALCHEMY_WORKER_LOG_LEVEL", "INFO"))
+
+
+class Worker:
+    def __init__(self) -> None:
+        self._task_managers: dict[tuple[str, ...], object] = {}
+
+    def task_manager(self, folders: tuple[str, ...]):
+        from lm_eval.tasks import TaskManager
+
+        if folders not in self._task_managers:
+            self._task_managers[folders] = TaskManager(include_defaults=False, include_path=list(folders))
+        return self._task_managers[folders]
+
+    def run(self, job: dict) -> dict:
+        import lm_eval
+        from lm_eval.loggers import EvaluationTracker
+        from lm_eval.utils import handle_non_serializable
+
+        started = time.monotonic()
+        kwargs = dict(job["kwargs"])
+        tracker = EvaluationTracker(output_path=job["output_path"])
+        results = lm_eval.simple_evaluate(
+            **kwargs,
+            task_manager=self.task_manager(tuple(job["task_folders"])),
+            evaluation_tracker=tracker,
+        )
+        if results is None:
+            raise RuntimeError("lm-eval returned no results")
+        samples = results.pop("samples", None) if kwargs.get("log_samples") else None
+        results.pop("samples", None)
+        config = results.get("config") or {}
+        if isinstance(config.get("model_args"), dict):
+            config["model_args"] = {**config["model_args"], "base_url": job["credentials_free_base_url"]}
+        elif "model_args" in config:
+            config["model_args"] = "(removed: it may hold credentials)"
+        # Round-trip through JSON so numpy numbers become plain ones, exactly as lm-eval writes them.
+        results = json.loads(json.dumps(results, default=handle_non_serializable, ensure_ascii=False))
+        before = set(Path(job["output_path"]).rglob("*")) if Path(job["output_path"]).exists() else set()
+        tracker.save_results_aggregated(results=results, samples=samples)
+        if samples is not None:
+            for task_name in results.get("configs", {}):
+                if task_name in samples:
+                    tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
+        files = sorted(str(p) for p in set(Path(job["output_path"]).rglob("*")) - before if p.is_file())
+        return {"results": results, "files": files, "duration_s": time.monotonic() - started}
+
+
+def main() -> int:
+    result_fd = int(os.environ[RESULT_FD_ENV])
+    answers = os.fdopen(result_fd, "w", encoding="utf-8", buffering=1)
+    worker = Worker()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        job = json.loads(line)
+        _redirect_output(job["log_path"])
+        _setup_logging()
+        answer: dict = {"id": job["id"], "ok": False, "error": None, "results": None, "files": []}
+        try:
+            answer.update(worker.run(job), ok=True)
+        except BaseException as err:  # noqa: BLE001 - reported to the runner, which records the failure
+            traceback.print_exc()
+            message = str(err).strip().splitlines()[-1] if str(err).strip() else ""
+            answer["error"] = f"{type(err).__name__}: {message}" if message else type(err).__name__
+            if isinstance(err, KeyboardInterrupt):
+                answers.write(json.dumps(answer) + "\n")
+                return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        answers.write(json.dumps(answer, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
