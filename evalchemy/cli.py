@@ -15,7 +15,7 @@ from rich.table import Table
 from evalchemy import __version__
 from evalchemy.errors import (
     EXIT_INTERNAL,
-    EXIT_USAGE,
+    EXIT_SIGINT,
     ConfigError,
     EvalchemyError,
     Interrupted,
@@ -218,7 +218,30 @@ class TerminalEvents:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+class EvalchemyCommand(click.Command):
+    """Turns the project's errors into messages on stderr and their exit codes (the only place that does)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as err:
+            click.echo(f"error: {err}", err=True)
+            click.echo("(exit code 2: config error; nothing was run)", err=True)
+            ctx.exit(err.exit_code)
+        except EvalchemyError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(EXIT_SIGINT)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception:  # noqa: BLE001 - a bug: exit code 1 with the traceback
+            logger.exception("internal error (please report it with this traceback)")
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.command(cls=EvalchemyCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
                epilog=EXIT_CODES_HELP)
 @click.option("--endpoint", metavar="URL",
               help="vLLM OpenAI-compatible server: http://host:8000, http://host:8000/v1 or "
@@ -326,34 +349,20 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         request_timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
         log_level=log_level,
     )
-    attach_run_logs(opts.run_dir, run_id, log_level)
+    from evalchemy.lock import RunLock
+
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
-    result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=os.environ.get("OPENAI_API_KEY"))
+    with RunLock(output, run_id):
+        attach_run_logs(opts.run_dir, run_id, log_level)
+        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=os.environ.get("OPENAI_API_KEY"))
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     print_scores(result)
     click.echo(str(result.summary_path))
-    sys.exit(result.exit_code)
+    ctx = click.get_current_context()
+    ctx.exit(result.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        cli.main(args=argv, prog_name="run_evalchemy.sh", standalone_mode=False)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(EXIT_USAGE if err.exit_code == 2 else err.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except ConfigError as err:
-        click.echo(f"error: {err}", err=True)
-        click.echo("(exit code 2: config error; nothing was run)", err=True)
-        sys.exit(err.exit_code)
-    except EvalchemyError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(err.exit_code)
-    except Exception:  # noqa: BLE001 - the one place that turns a bug into exit code 1
-        logger.exception("internal error (please report it with the traceback above)")
-        sys.exit(EXIT_INTERNAL)
+    cli.main(args=argv, prog_name="run_evalchemy.sh")

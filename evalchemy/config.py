@@ -121,7 +121,7 @@ def parse_json(path: Path, text: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        problems = [f"line {ln}, column {cl}: {hint}" for ln, cl, hint in _syntax_hints(text)]
+        problems = [f"line {ln}, column {cl}: {hint}" for ln, cl, hint in sorted(_syntax_hints(text))]
         if not problems:
             problems = [f"line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}"]
         raise ConfigError(str(path), problems) from None
@@ -205,7 +205,17 @@ def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
     None skips that check."""
     problems: list[str] = []
     warnings: list[str] = []
-    tasks = data.get("tasks", {})
+    def mapping(value) -> dict:
+        return value if isinstance(value, dict) else {}
+
+    task_name = re.compile(load_schema()["$defs"]["lm_eval_task"]["pattern"])
+
+    def names(value) -> list[str]:
+        """Well-formed names only: malformed ones are already reported by the schema."""
+        return [v if isinstance(v, str) and task_name.match(v) else None for v in value] \
+            if isinstance(value, list) else []
+
+    tasks = mapping(data.get("tasks"))
     referenced: set[str] = set()
 
     def unknown(location: str, name: str, extra_choices=()) -> None:
@@ -214,25 +224,26 @@ def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
         where = "a task in this config's tasks section nor " if extra_choices is tasks else ""
         problems.append(f"{location}: {name!r} is not {where}an lm-eval task{hint}")
 
-    for bench_name, bench in data.get("benchmarks", {}).items():
-        for i, name in enumerate(bench.get("tasks", [])):
+    for bench_name, bench in mapping(data.get("benchmarks")).items():
+        bench = mapping(bench)
+        for i, name in enumerate(names(bench.get("tasks"))):
             referenced.add(name)
-            if name in tasks:
+            if name is None or name in tasks:
                 continue
             if index is not None and not index.knows(name):
                 unknown(f"benchmarks.{bench_name}.tasks[{i}]", name, tasks)
-        if bench.get("enabled"):
-            entries = [tasks.get(n) for n in bench.get("tasks", [])]
-            if entries and all(e is not None and not e.get("enabled", True) for e in entries):
+        if bench.get("enabled") is True:
+            entries = [mapping(tasks[n]) if n in tasks else None for n in names(bench.get("tasks"))]
+            if entries and all(e is not None and e.get("enabled") is False for e in entries):
                 warnings.append(f"benchmarks.{bench_name}: enabled, but every task it lists is disabled; "
                                 "it will be skipped")
 
     for entry_name, entry in tasks.items():
-        names = entry.get("tasks", [entry_name])
-        for i, name in enumerate(names):
-            if index is not None and not index.knows(name):
+        entry = mapping(entry)
+        for i, name in enumerate(names(entry.get("tasks", [entry_name]))):
+            if name is not None and index is not None and not index.knows(name):
                 unknown(f"tasks.{entry_name}.tasks[{i}]" if "tasks" in entry else f"tasks.{entry_name}", name)
-        if "output_path" in entry:
+        if isinstance(entry.get("output_path"), str):
             problem = _output_path_problem(entry["output_path"])
             if problem:
                 problems.append(f"tasks.{entry_name}.output_path: {problem}")
@@ -242,6 +253,12 @@ def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _problem_order(problem: str) -> list:
+    """Sort problems by location, reading [N] indexes as numbers."""
+    location = problem.split(": ", 1)[0]
+    return [int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", location) if p]
 
 
 def load_config(path: Path, index=None) -> Config:
@@ -258,9 +275,8 @@ def load_config(path: Path, index=None) -> Config:
         raise ConfigError(str(path), [f"byte {err.start}: the file is not UTF-8 text: save it as UTF-8"]) from None
     data = parse_json(path, text)
     problems = schema_problems(data)
-    if problems:
-        raise ConfigError(str(path), problems)
-    problems, warnings = semantic_problems(data, index)
+    more, warnings = semantic_problems(data, index) if isinstance(data, dict) else ([], [])
+    problems = sorted(set(problems + more), key=_problem_order)
     if problems:
         raise ConfigError(str(path), problems)
 

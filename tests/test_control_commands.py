@@ -1,0 +1,161 @@
+"""--dry-run, --list-benchmarks, flag checks and endpoint normalization: no network, no lm-eval import."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalchemy.endpoint import normalize
+from evalchemy.errors import UsageError
+from tests.conftest import PROJECT
+
+GOLDEN = Path(__file__).parent / "golden"
+# Regenerate the golden files with:  EVALCHEMY_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests -k golden
+REGENERATE = os.environ.get("EVALCHEMY_REGENERATE_GOLDEN") == "1"
+
+CONFIG = {
+    "benchmarks": {
+        "late": {"enabled": True, "description": "runs last", "tasks": ["hellaswag"]},
+        "arc": {"enabled": True, "description": "ARC, two settings", "tasks": ["arc_easy", "arc_challenge"]},
+        "off": {"enabled": False, "description": "disabled", "tasks": ["mmlu"]},
+        "math": {"enabled": True, "description": "generation", "tasks": ["gsm8k"]},
+        "gone": {"enabled": True, "description": "only disabled tasks", "tasks": ["winogrande"]},
+    },
+    "tasks": {
+        "hellaswag": {"enabled": True, "priority": "low", "num_fewshot": 10, "limit": 5},
+        "arc_easy": {"enabled": True, "tasks": ["arc_easy"], "num_fewshot": 25, "batch_size": 4, "limit": 1,
+                     "priority": "medium", "timeout": 600, "log_samples": True, "output_path": "raw/arc_easy"},
+        "arc_challenge": {"enabled": True, "priority": "high", "limit": 2},
+        "gsm8k": {"enabled": True, "priority": "high", "num_fewshot": 5, "limit": 3, "timeout": 900},
+        "winogrande": {"enabled": False},
+    },
+}
+
+
+def _golden(name: str, actual: str) -> None:
+    path = GOLDEN / name
+    if REGENERATE:
+        path.write_text(actual, encoding="utf-8")
+    assert actual == path.read_text(encoding="utf-8"), f"differs from {path} (see the regeneration command above)"
+
+
+def test_dry_run_commands_golden(invoke, write_config):
+    """--dry-run prints, in priority order, the exact lm_eval command of every task run; exit 0, nothing written."""
+    path = write_config(CONFIG)
+    result = invoke("--dry-run", "--config", str(path), "--endpoint", "http://gpu-box:8000", "--model", "qwen3-8b",
+                    "--tokenizer", "/models/qwen3-8b", "--output", "out", "--run-id", "nightly")
+    assert result.exit_code == 0, result.stderr
+    _golden("dry_run.txt", result.stdout)
+    assert not Path("out").exists()
+
+
+def test_dry_run_batch_size_flag_overrides_config(invoke, write_config):
+    """--batch-size replaces every task's batch_size in the commands."""
+    path = write_config(CONFIG)
+    result = invoke("--dry-run", "--config", str(path), "--endpoint", "http://h:8000/v1", "--batch-size", "8",
+                    "--run-id", "r")
+    assert result.exit_code == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if line.startswith("lm_eval")]
+    assert len(commands) == 4
+    assert all(" --batch_size 8 " in c for c in commands)
+
+
+def test_dry_run_redacts_credentials(invoke, write_config):
+    """Credentials in the endpoint URL never appear in dry-run output."""
+    path = write_config(CONFIG)
+    result = invoke("--dry-run", "--config", str(path), "--endpoint", "http://user:s3cret@h:8000/v1", "--run-id", "r")
+    assert result.exit_code == 0
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "base_url=http://***@h:8000/v1/completions" in result.stdout
+
+
+def test_list_benchmarks_shows_every_benchmark(invoke, write_config):
+    """--list-benchmarks shows enabled and disabled benchmarks with their tasks and settings."""
+    path = write_config(CONFIG)
+    result = invoke("--list-benchmarks", "--config", str(path))
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    for text in ("late", "arc", "off", "math", "gone", "ARC, two settings", "winogrande (disabled)", "600s"):
+        assert text in out
+    rows = [line for line in out.splitlines() if line.startswith("│")]
+    assert rows[0].split("│")[2].strip() == "arc"  # execution order: high priority first
+
+
+@pytest.mark.parametrize("run_id", ["../x", "a/b", "", ".", "..", "x" * 129, "sp ace"])
+def test_bad_run_id_is_a_usage_error(invoke, write_config, run_id):
+    """A run id that is not a plain folder name is refused with exit 2."""
+    result = invoke("--dry-run", "--config", str(write_config(CONFIG)), "--run-id", run_id)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: --run-id {run_id!r}: use 1 to 128 letters, digits, '.', '_' or '-' "
+                             "(not '.' or '..'); it names a folder under --output\n")
+
+
+def test_bad_gpu_is_a_usage_error(invoke, write_config):
+    """--gpu takes GPU ids only."""
+    result = invoke("--dry-run", "--config", str(write_config(CONFIG)), "--gpu", "0;rm")
+    assert result.exit_code == 2
+    assert result.stderr == "error: --gpu '0;rm': expected GPU ids separated by commas, such as 0 or 0,1\n"
+
+
+def test_run_without_endpoint_is_a_usage_error(invoke, write_config, tmp_path):
+    """A run needs --endpoint; nothing is written without it."""
+    result = invoke("--config", str(write_config(CONFIG)), "--output", str(tmp_path / "o"))
+    assert result.exit_code == 2
+    assert "error: --endpoint is required to run" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_modes_cannot_be_combined(invoke, write_config):
+    result = invoke("--dry-run", "--validate-config", "--config", str(write_config(CONFIG)))
+    assert result.exit_code == 2
+    assert result.stderr == "error: --validate-config and --dry-run cannot be combined: pick one\n"
+
+
+@pytest.mark.parametrize("given,completions,models", [
+    ("http://h:8000", "http://h:8000/v1/completions", "http://h:8000/v1/models"),
+    ("http://h:8000/", "http://h:8000/v1/completions", "http://h:8000/v1/models"),
+    ("http://h:8000/v1", "http://h:8000/v1/completions", "http://h:8000/v1/models"),
+    ("http://h:8000/v1/completions", "http://h:8000/v1/completions", "http://h:8000/v1/models"),
+    ("http://localhost/vllm/v1/completions", "http://localhost/vllm/v1/completions",
+     "http://localhost/vllm/v1/models"),
+    ("https://proxy.example/team/llm/v1/", "https://proxy.example/team/llm/v1/completions",
+     "https://proxy.example/team/llm/v1/models"),
+])
+def test_endpoint_forms_normalize(given, completions, models):
+    """Every documented --endpoint form gives the completions and models URLs."""
+    endpoint = normalize(given)
+    assert (endpoint.completions_url, endpoint.models_url) == (completions, models)
+
+
+@pytest.mark.parametrize("given,fragment", [
+    ("gpu-box:8000", "expected an http(s) URL"),
+    ("ftp://h/v1", "expected an http(s) URL"),
+    ("http://h:8000/v1/chat/completions", "this is a chat endpoint"),
+])
+def test_bad_endpoints_are_usage_errors(given, fragment):
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        normalize(given)
+
+
+def test_control_commands_do_not_import_lm_eval(tmp_path, write_config):
+    """--validate-config, --dry-run and --list-benchmarks never import lm_eval, datasets or transformers."""
+    path = write_config(CONFIG)
+    probe = (
+        "import sys\n"
+        "from evalchemy.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('lm_eval', 'datasets', 'transformers', 'torch') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    for mode in ("--validate-config", "--dry-run", "--list-benchmarks"):
+        done = subprocess.run([sys.executable, "-c", probe, mode, "--config", str(path)], capture_output=True,
+                              text=True, cwd=PROJECT, timeout=60)
+        assert "HEAVY []" in done.stderr, (mode, done.stderr)
