@@ -358,7 +358,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=os.environ.get("OPENAI_API_KEY"))
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    print_scores(result)
+    if any(r.status != "skipped" for r in result.records):
+        print_scores(result)
     click.echo(str(result.summary_path))
     ctx = click.get_current_context()
     ctx.exit(result.exit_code)

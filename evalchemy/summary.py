@@ -121,6 +121,7 @@ def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, 
         "pid": os.getpid(),
         "counts": {"benchmarks": len(records), **counts},
         "benchmarks": {r.name: r.to_json() for r in records},
+        "order": [r.name for r in records if r.status != "skipped"],
         "breakdown": {"benchmark": breakdown},
         "files": files,
     }

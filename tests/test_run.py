@@ -1,0 +1,207 @@
+"""Real runs: lm-eval through the runner, over real HTTP, against the project's vLLM-faithful test server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from evalchemy.config import load_schema
+from evalchemy.testserver import TestServer, build_test_tokenizer
+from tests import taskdata
+from tests.conftest import PROJECT
+
+FAVOURED = {"Paris", "Berlin", "Oslo", "A", "C"}
+GENERATIONS = [{"contains": "apple", "text": " apple\nmore"}, {"contains": "river", "text": "river"},
+               {"contains": "cloud", "text": "cloud"}]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("assets")
+    written = taskdata.write_tasks(folder)
+    tokenizer = build_test_tokenizer(folder / "tokenizer", taskdata.vocabulary())
+    return {"tokenizer": tokenizer, **written}
+
+
+@pytest.fixture
+def server(assets):
+    with TestServer(assets["tokenizer"], "test-model",
+                    answers={"favoured": sorted(FAVOURED), "generations": GENERATIONS}) as srv:
+        yield srv
+
+
+def expected_capitals() -> float:
+    correct = 0
+    for _, choices, answer in taskdata.CAPITALS:
+        scores = [sum(-0.1 if w in FAVOURED else -2.0 for w in c.split()) for c in choices]
+        correct += scores.index(max(scores)) == answer
+    return correct / len(taskdata.CAPITALS)
+
+
+def expected_korean(name: str) -> float:
+    """Letter choices: 'A' and 'C' are favoured, so the model always answers A (the first maximum)."""
+    rows = taskdata.KOREAN[name][1]
+    return sum(1 for _, _, answer in rows if answer == 1) / len(rows)
+
+
+def expected_echo() -> float:
+    """First matching rule's text, cut at the stop string, whitespace removed, compared with the target."""
+    correct = 0
+    for word, target in taskdata.ECHO_WORDS:
+        text = next((g["text"] for g in GENERATIONS if g["contains"] in word), "I do not know")
+        correct += text.split("\n")[0].strip() == target
+    return correct / len(taskdata.ECHO_WORDS)
+
+
+def demo_config(**overrides) -> dict:
+    config = {
+        "benchmarks": {
+            "capitals": {"enabled": True, "description": "English multiple choice", "tasks": ["capitals"]},
+            "kmmlu_domain": {"enabled": True, "description": "Korean domain subjects",
+                             "tasks": ["kmmlu_insurance", "kmmlu_finance"]},
+            "echo": {"enabled": True, "description": "generation, exact match", "tasks": ["demo_echo"]},
+            "unused": {"enabled": False, "description": "disabled", "tasks": ["demo_echo"]},
+        },
+        "tasks": {
+            "capitals": {"enabled": True, "tasks": ["demo_capitals"], "num_fewshot": 0, "priority": "high",
+                         "log_samples": True, "output_path": "raw/capitals"},
+            "kmmlu_insurance": {"enabled": True, "tasks": ["demo_kmmlu_insurance"], "label": "보험학",
+                                "priority": "medium", "batch_size": 2},
+            "kmmlu_finance": {"enabled": True, "tasks": ["demo_kmmlu_finance"], "label": "금융"},
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+def run_cli(*args, env=None, timeout=180):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(PROJECT / "run_evalchemy.sh"), *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout)
+
+
+def test_full_run_through_the_entrypoint(assets, server, write_config, tmp_path):
+    """./run_evalchemy.sh writes the whole results tree; scores equal what the server's answers imply."""
+    config = write_config(demo_config())
+    out = tmp_path / "results"
+    done = run_cli("--endpoint", server.base_url + "/v1", "--config", str(config), "--output", str(out),
+                   "--run-id", "e2e", "--include-path", str(assets["tasks_dir"]))
+    assert done.returncode == 0, done.stderr
+    run_dir = out / "e2e"
+    summary_path = run_dir / "evalchemy_summary_e2e.json"
+    assert done.stdout == f"{summary_path}\n"
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"evalchemy_e2e.log", "evalchemy_errors_e2e.log", "evalchemy_summary_e2e.json",
+            "capitals_results.json", "capitals_benchmark.log", "kmmlu_domain_results.json",
+            "kmmlu_domain_benchmark.log", "echo_results.json", "echo_benchmark.log"} <= names
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    Draft202012Validator(load_schema("summary.schema.json")).validate(summary)
+    assert summary["status"] == "success" and summary["exit_code"] == 0
+    assert summary["model"] == "test-model"
+    assert summary["tokenizer"]["backend"] == "huggingface"
+    assert summary["endpoint"] == server.completions_url
+    assert summary["order"] == ["capitals", "kmmlu_domain", "echo"]
+    assert set(summary["benchmarks"]) == {"capitals", "kmmlu_domain", "echo", "unused"}
+    assert summary["benchmarks"]["unused"]["status"] == "skipped"
+
+    capitals = summary["benchmarks"]["capitals"]
+    assert capitals["metrics"]["demo_capitals"]["acc"]["value"] == pytest.approx(expected_capitals())
+    assert capitals["n_samples"] == {"demo_capitals": len(taskdata.CAPITALS)}
+    samples = list((run_dir / "raw" / "capitals").rglob("samples_demo_capitals_*.jsonl"))
+    assert len(samples) == 1 and len(samples[0].read_text().splitlines()) == len(taskdata.CAPITALS)
+
+    korean = summary["breakdown"]["benchmark"]
+    assert korean["kmmlu_domain_subject_accuracy"] == {
+        "보험학": pytest.approx(expected_korean("insurance")), "금융": pytest.approx(expected_korean("finance"))}
+    n_ins, n_fin = len(taskdata.KOREAN["insurance"][1]), len(taskdata.KOREAN["finance"][1])
+    assert korean["kmmlu_domain_accuracy"] == pytest.approx(
+        (expected_korean("insurance") * n_ins + expected_korean("finance") * n_fin) / (n_ins + n_fin))
+
+    echo = summary["benchmarks"]["echo"]
+    assert echo["metrics"]["demo_echo"]["exact_match,strip"]["value"] == pytest.approx(expected_echo())
+
+    results = json.loads((run_dir / "kmmlu_domain_results.json").read_text(encoding="utf-8"))
+    assert set(results["results"]) == {"demo_kmmlu_insurance", "demo_kmmlu_finance"}
+    assert "test-model" in (run_dir / "evalchemy_e2e.log").read_text(encoding="utf-8")
+    # batch_size 2 for the insurance entry: some requests carried two prompts
+    assert any(isinstance(r["prompt"][0], list) and len(r["prompt"]) == 2 for r in server.requests)
+
+
+def test_failed_benchmark_does_not_stop_the_run(assets, server, write_config, tmp_path):
+    """A benchmark whose dataset is missing fails; the next one still runs; exit 4, status partial."""
+    broken = assets["tasks_dir"].parent / "broken_tasks"
+    broken.mkdir(exist_ok=True)
+    (broken / "broken.yaml").write_text(
+        (assets["tasks_dir"] / "capitals.yaml").read_text().replace("demo_capitals", "demo_broken")
+        .replace("capitals.jsonl", "missing.jsonl"))
+    config = write_config({
+        "benchmarks": {"broken": {"enabled": True, "tasks": ["demo_broken"]},
+                       "capitals": {"enabled": True, "tasks": ["demo_capitals"]}},
+    })
+    done = run_cli("--endpoint", server.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                   "--run-id", "p", "--include-path", str(assets["tasks_dir"]), "--include-path", str(broken))
+    assert done.returncode == 4, done.stderr
+    summary = json.loads((tmp_path / "o" / "p" / "evalchemy_summary_p.json").read_text())
+    assert summary["status"] == "partial"
+    assert summary["benchmarks"]["broken"]["status"] == "failed"
+    assert summary["benchmarks"]["capitals"]["status"] == "success"
+    assert summary["benchmarks"]["broken"]["error"]
+    errors = (tmp_path / "o" / "p" / "evalchemy_errors_p.log").read_text()
+    assert "benchmark broken: demo_broken failed" in errors
+    assert not (tmp_path / "o" / "p" / "broken_results.json").exists()
+
+
+def test_server_errors_fail_the_benchmark(assets, write_config, tmp_path):
+    """Every request answered with HTTP 500: the benchmark is failed, never success (exit 4)."""
+    with TestServer(assets["tokenizer"], "test-model", fail_status=500) as srv:
+        config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["demo_capitals"]}}})
+        done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                       "--run-id", "f", "--include-path", str(assets["tasks_dir"]), "--request-timeout", "5")
+    assert done.returncode == 4, done.stderr
+    summary = json.loads((tmp_path / "o" / "f" / "evalchemy_summary_f.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["benchmarks"]["capitals"]["status"] == "failed"
+
+
+def test_task_timeout_is_recorded_and_the_run_goes_on(assets, write_config, tmp_path):
+    """A hung server trips the task's timeout; the benchmark is 'timeout', the next one runs; exit 4."""
+    config = write_config({
+        "benchmarks": {"slow": {"enabled": True, "tasks": ["slow"]},
+                       "echo": {"enabled": True, "tasks": ["demo_echo"]}},
+        "tasks": {"slow": {"enabled": True, "tasks": ["demo_capitals"], "timeout": 8, "priority": "high"}},
+    })
+    with TestServer(assets["tokenizer"], "test-model", hang=30) as srv:
+        started = time.monotonic()
+        done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                       "--run-id", "t", "--include-path", str(assets["tasks_dir"]), "--request-timeout", "60")
+        elapsed = time.monotonic() - started
+    assert done.returncode == 4, done.stderr
+    summary = json.loads((tmp_path / "o" / "t" / "evalchemy_summary_t.json").read_text())
+    assert summary["benchmarks"]["slow"]["status"] == "timeout"
+    assert summary["benchmarks"]["slow"]["error"] == "slow: timed out after 8 s (tasks.slow.timeout)"
+    assert summary["benchmarks"]["echo"]["status"] == "timeout" or elapsed < 60
+
+
+def test_unreachable_endpoint_fails_preflight_fast(write_config, tmp_path, assets):
+    """Connection refused: exit 3 within seconds, the URL in the message, a failed summary, nothing run."""
+    config = write_config(demo_config())
+    started = time.monotonic()
+    done = run_cli("--endpoint", "http://127.0.0.1:9/v1", "--config", str(config), "--output", str(tmp_path / "o"),
+                   "--run-id", "down", "--include-path", str(assets["tasks_dir"]))
+    assert done.returncode == 3
+    assert time.monotonic() - started < 10
+    assert ("preflight failed, nothing was run: endpoint http://127.0.0.1:9/v1/models is not reachable: "
+            "[Errno 111] Connection refused; is the vLLM server running and is the URL right?\n") in done.stderr
+    assert "┃" not in done.stderr  # no score table
+    summary = json.loads((tmp_path / "o" / "down" / "evalchemy_summary_down.json").read_text())
+    assert summary["status"] == "failed" and summary["exit_code"] == 3
+    assert {b["status"] for b in summary["benchmarks"].values()} == {"skipped"}
+
