@@ -292,6 +292,9 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     run_id = runner.check_run_id(run_id if run_id is not None else runner.default_run_id())
     gpu = runner.check_gpu(gpu)
     includes = _include_paths(include_paths)
+    from evalchemy.endpoint import normalize
+
+    endpoint_urls = normalize(endpoint) if endpoint else None  # a malformed URL is a usage error, checked first
 
     cfg, index = _load(config_file, includes)
     plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes)
@@ -313,10 +316,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if dry_run:
         for warning in cfg.warnings:
             click.echo(f"warning: {warning}", err=True)
-        if endpoint:
-            from evalchemy.endpoint import normalize
-
-            base_url = normalize(endpoint).completions_url
+        if endpoint_urls:
+            base_url = endpoint_urls.completions_url
         else:
             base_url = "ENDPOINT_URL"
             click.echo("note: no --endpoint given: the commands show ENDPOINT_URL", err=True)
@@ -339,9 +340,6 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if not endpoint:
         raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
                          "--endpoint http://gpu-box:8000/v1/completions")
-    from evalchemy.endpoint import normalize
-
-    normalize(endpoint)  # a malformed URL is a usage error, before anything is written
     opts = runner.RunOptions(
         endpoint=endpoint, run_id=run_id, output_dir=output, model=model, tokenizer=tokenizer,
         batch_size=batch_size, gpu=gpu, max_length=max_length,

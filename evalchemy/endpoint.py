@@ -61,6 +61,11 @@ def normalize(url: str) -> Endpoint:
             f"--endpoint {raw!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
             "(or 'local' for the embedded model)"
         )
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(
+            f"--endpoint {_redact(raw)!r}: credentials in the URL are not supported (lm-eval sends its own "
+            "Authorization header): remove them and put the API key in OPENAI_API_KEY, sent as a Bearer token"
+        )
     path = parts.path.rstrip("/")
     if path.endswith("/chat/completions"):
         raise UsageError(

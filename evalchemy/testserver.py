@@ -101,7 +101,7 @@ class TestServer:
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, malformed: bool = False,
                  no_logprobs: bool = False, die_after: int | None = None, api_key: str | None = None,
-                 request_log: Path | None = None):
+                 request_log: Path | None = None, extra_models: tuple[str, ...] = ()):
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
@@ -120,6 +120,7 @@ class TestServer:
         self.die_after = die_after
         self.api_key = api_key
         self.request_log = request_log
+        self.extra_models = tuple(extra_models)
         self.requests: list[dict] = []
         self.prompts_seen = 0
         self._lock = threading.Lock()
@@ -240,13 +241,14 @@ class TestServer:
 
     def models(self) -> dict:
         return {"object": "list", "data": [{
-            "id": self.model_name, "object": "model", "created": 1700000000, "owned_by": "vllm",
-            "root": self.root, "parent": None, "max_model_len": self.max_model_len,
+            "id": name, "object": "model", "created": 1700000000, "owned_by": "vllm",
+            "root": self.root if name == self.model_name else name, "parent": None,
+            "max_model_len": self.max_model_len,
             "permission": [{"id": "modelperm-test", "object": "model_permission", "created": 1700000000,
                             "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
                             "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
                             "organization": "*", "group": None, "is_blocking": False}],
-        }]}
+        } for name in (self.model_name, *self.extra_models)]}
 
     def _handler(self):
         server = self

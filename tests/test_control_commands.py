@@ -65,15 +65,6 @@ def test_dry_run_batch_size_flag_overrides_config(invoke, write_config):
     assert all(" --batch_size 8 " in c for c in commands)
 
 
-def test_dry_run_redacts_credentials(invoke, write_config):
-    """Credentials in the endpoint URL never appear in dry-run output."""
-    path = write_config(CONFIG)
-    result = invoke("--dry-run", "--config", str(path), "--endpoint", "http://user:s3cret@h:8000/v1", "--run-id", "r")
-    assert result.exit_code == 0
-    assert "s3cret" not in result.stdout + result.stderr
-    assert "base_url=http://***@h:8000/v1/completions" in result.stdout
-
-
 def test_list_benchmarks_shows_every_benchmark(invoke, write_config):
     """--list-benchmarks shows enabled and disabled benchmarks with their tasks and settings."""
     path = write_config(CONFIG)

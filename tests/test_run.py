@@ -205,3 +205,160 @@ def test_unreachable_endpoint_fails_preflight_fast(write_config, tmp_path, asset
     assert summary["status"] == "failed" and summary["exit_code"] == 3
     assert {b["status"] for b in summary["benchmarks"].values()} == {"skipped"}
 
+
+
+def test_several_models_need_model_flag(assets, write_config, tmp_path):
+    """Two served models and no --model: exit 3 listing both; --model picks one; an unknown --model is refused."""
+    config = write_config({"benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]}}})
+    common = ["--config", str(config), "--output", str(tmp_path / "o"), "--include-path", str(assets["tasks_dir"])]
+    with TestServer(assets["tokenizer"], "test-model", extra_models=("other-model",),
+                    answers={"generations": GENERATIONS}) as srv:
+        done = run_cli("--endpoint", srv.base_url, "--run-id", "a", *common)
+        assert done.returncode == 3
+        assert (f"endpoint {srv.base_url}/v1/models serves 2 models: test-model, other-model; "
+                "pass --model NAME to choose one") in done.stderr
+        done = run_cli("--endpoint", srv.base_url, "--run-id", "b", "--model", "nope", *common)
+        assert done.returncode == 3
+        assert f"model 'nope' is not served by {srv.completions_url}; it serves: test-model, other-model" \
+            in done.stderr
+        done = run_cli("--endpoint", srv.base_url, "--run-id", "c", "--model", "test-model", *common)
+        assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "o" / "c" / "evalchemy_summary_c.json").read_text())
+    assert summary["model"] == "test-model"
+
+
+def test_multiple_choice_without_tokenizer_stops_in_preflight(assets, write_config, tmp_path):
+    """The server's root is not on this disk and it has no tokenizer endpoints: exit 3 saying what to pass."""
+    config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["demo_capitals"]}}})
+    with TestServer(assets["tokenizer"], "test-model", root="/models/not-here") as srv:
+        done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                       "--run-id", "nt", "--include-path", str(assets["tasks_dir"]))
+    assert done.returncode == 3
+    assert ("multiple-choice tasks need the model's tokenizer and none was found offline (the server reports "
+            "root='/models/not-here', which is not on this disk): pass --tokenizer /path/to/model-folder (a folder "
+            "with tokenizer.json), or start vLLM with --enable-tokenizer-info-endpoint") in done.stderr
+    assert srv.requests == []
+
+
+def test_generation_only_runs_without_tokenizer(assets, write_config, tmp_path):
+    """Generation tasks need no tokenizer: string prompts are sent (tokenizer backend none)."""
+    config = write_config({"benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]}}})
+    with TestServer(assets["tokenizer"], "test-model", root="/models/not-here",
+                    answers={"generations": GENERATIONS}) as srv:
+        done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                       "--run-id", "g", "--include-path", str(assets["tasks_dir"]))
+        prompts = [r["prompt"] for r in srv.requests]
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "o" / "g" / "evalchemy_summary_g.json").read_text())
+    assert summary["tokenizer"]["backend"] == "none"
+    assert summary["benchmarks"]["echo"]["metrics"]["demo_echo"]["exact_match,strip"]["value"] == \
+        pytest.approx(expected_echo())
+    assert all(isinstance(p, str) for p in prompts)
+
+
+def test_tokenizer_from_server_endpoints(assets, write_config, tmp_path):
+    """No local tokenizer but vLLM's /tokenizer_info and /tokenize: the remote backend scores correctly."""
+    config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["demo_capitals"]}}})
+    with TestServer(assets["tokenizer"], "test-model", root="/models/not-here", tokenizer_endpoints=True,
+                    answers={"favoured": sorted(FAVOURED)}) as srv:
+        done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                       "--run-id", "rt", "--include-path", str(assets["tasks_dir"]))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "o" / "rt" / "evalchemy_summary_rt.json").read_text())
+    assert summary["tokenizer"]["backend"] == "remote"
+    assert summary["benchmarks"]["capitals"]["metrics"]["demo_capitals"]["acc"]["value"] == \
+        pytest.approx(expected_capitals())
+
+
+def test_second_run_on_same_output_exits_5(assets, write_config, tmp_path):
+    """While one run holds the output folder's lock, another exits 5 naming the holder; a dead holder does not
+    block."""
+    from evalchemy.lock import RunLock
+
+    config = write_config({"benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]}}})
+    out = tmp_path / "o"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from evalchemy.lock import RunLock\n"
+        f"RunLock(Path({str(out)!r}), 'first').acquire()\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=PROJECT)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        done = run_cli("--endpoint", "http://127.0.0.1:9", "--config", str(config), "--output", str(out),
+                       "--run-id", "second", "--include-path", str(assets["tasks_dir"]))
+        assert done.returncode == 5
+        assert f"error: another run holds the lock on {out}: pid {holder.pid}, run id first, started " \
+            in done.stderr
+        assert not (out / "second").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunLock(out, "third")
+    lock.acquire()  # the killed holder's lock is gone with it
+    lock.release()
+
+
+def test_credentials_never_reach_disk(assets, write_config, tmp_path):
+    """The API key from the environment is sent to the endpoint and appears in no file under the output folder."""
+    key = "sk-test-SECRET-4242"
+    config = write_config(demo_config())
+    with TestServer(assets["tokenizer"], "test-model", api_key=key,
+                    answers={"favoured": sorted(FAVOURED), "generations": GENERATIONS}) as srv:
+        done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                       "--run-id", "sec", "--include-path", str(assets["tasks_dir"]), "--log-level", "DEBUG",
+                       env={"OPENAI_API_KEY": key})
+    assert done.returncode == 0, done.stderr  # the server refuses requests without the key
+    assert key not in done.stdout + done.stderr
+    files = [p for p in (tmp_path / "o").rglob("*") if p.is_file()]
+    assert len(files) > 8
+    for path in files:
+        assert key.encode() not in path.read_bytes(), path
+
+
+def test_password_in_endpoint_url_is_refused_without_echoing_it(write_config, tmp_path):
+    """user:password in --endpoint is a usage error whose message does not repeat the password."""
+    config = write_config(demo_config())
+    done = run_cli("--endpoint", "http://user:pw-SECRET-777@127.0.0.1:9/v1", "--config", str(config),
+                   "--output", str(tmp_path / "o"), "--run-id", "pw")
+    assert done.returncode == 2
+    assert "pw-SECRET-777" not in done.stdout + done.stderr
+    assert done.stderr == ("error: --endpoint 'http://***@127.0.0.1:9/v1': credentials in the URL are not supported "
+                           "(lm-eval sends its own Authorization header): remove them and put the API key in "
+                           "OPENAI_API_KEY, sent as a Bearer token\n")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_the_run_cleanly(assets, write_config, tmp_path, sig, code):
+    """SIGTERM/SIGINT mid-benchmark: exit 143/130, summary 'interrupted' with what completed, no process left."""
+    config = write_config({
+        "benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]},
+                       "slow": {"enabled": True, "tasks": ["slow"]}},
+        "tasks": {"slow": {"enabled": True, "tasks": ["demo_capitals"], "priority": "low"}},
+    })
+    out = tmp_path / "o"
+    with TestServer(assets["tokenizer"], "test-model", hang=60, answers={"generations": GENERATIONS}) as srv:
+        proc = subprocess.Popen([str(PROJECT / "run_evalchemy.sh"), "--endpoint", srv.base_url, "--config",
+                                 str(config), "--output", str(out), "--run-id", "sig", "--include-path",
+                                 str(assets["tasks_dir"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 60
+        while len(srv.requests) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert srv.requests, "the run never reached the server"
+        worker_pids = subprocess.run(["pgrep", "-f", "evalchemy.worker", "-P", str(proc.pid)],
+                                     capture_output=True, text=True).stdout.split()
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == code, stderr
+    summary = json.loads((out / "sig" / "evalchemy_summary_sig.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["exit_code"] == code
+    assert summary["benchmarks"]["echo"]["status"] in ("failed", "timeout", "success")
+    assert summary["benchmarks"]["slow"]["status"] == "skipped"
+    assert summary["benchmarks"]["slow"]["error"] == "not run: run interrupted"
+    for pid in worker_pids:
+        assert not Path(f"/proc/{pid}").exists(), "the lm-eval worker outlived the run"
+    assert not (out / ".evalchemy.lock").read_text()  # released
