@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,6 +60,37 @@ def expected_echo() -> float:
         text = next((g["text"] for g in GENERATIONS if g["contains"] in word), "I do not know")
         correct += text.split("\n")[0].strip() == target
     return correct / len(taskdata.ECHO_WORDS)
+
+
+VOLATILE = {"started_at", "finished_at", "duration_s", "host", "pid"}
+
+
+def _mask(value, replacements):
+    if isinstance(value, dict):
+        return {k: "<volatile>" if k in VOLATILE else _mask(v, replacements) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, replacements) for v in value]
+    if isinstance(value, str):
+        for pattern, repl in replacements:
+            value = re.sub(pattern, repl, value)
+    return value
+
+
+def _golden_summary(summary: dict, tmp_path: Path, port: int, assets) -> None:
+    """The summary, volatile fields and machine paths masked, equals tests/golden/summary_e2e.json.
+    Regenerate: EVALCHEMY_REGENERATE_GOLDEN=1 .venv/bin/python -m pytest tests -k golden_or_full_run"""
+    from evalchemy import __version__
+
+    masked = _mask(summary, [
+        (re.escape(str(assets["tasks_dir"].parent)), "<ASSETS>"), (re.escape(str(tmp_path)), "<TMP>"),
+        (rf":{port}\b", ":<PORT>"), (r"\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d+", "<TIMESTAMP>"),
+        (re.escape(__version__), "<VERSION>"), (r"^3\.\d+\.\d+$", "<PYTHON>"),
+    ])
+    path = Path(__file__).parent / "golden" / "summary_e2e.json"
+    text = json.dumps(masked, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if os.environ.get("EVALCHEMY_REGENERATE_GOLDEN") == "1":
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
 
 
 def demo_config(**overrides) -> dict:
@@ -127,6 +159,8 @@ def test_full_run_through_the_entrypoint(assets, server, write_config, tmp_path)
 
     echo = summary["benchmarks"]["echo"]
     assert echo["metrics"]["demo_echo"]["exact_match,strip"]["value"] == pytest.approx(expected_echo())
+
+    _golden_summary(summary, tmp_path, server.port, assets)
 
     results = json.loads((run_dir / "kmmlu_domain_results.json").read_text(encoding="utf-8"))
     assert set(results["results"]) == {"demo_kmmlu_insurance", "demo_kmmlu_finance"}
