@@ -44,7 +44,8 @@ def home() -> Path:
 
 
 def _stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    """Rich on stderr; under cron (no terminal) a fixed 120 columns so tables are not squeezed."""
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
 
 
 def setup_console_logging(level: str) -> None:
@@ -234,6 +235,9 @@ class EvalchemyCommand(click.Command):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(EXIT_SIGINT)
+        except BrokenPipeError:  # stdout closed early (| head): nothing more to say
+            sys.stderr.close()
+            ctx.exit(0)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception:  # noqa: BLE001 - a bug: exit code 1 with the traceback
@@ -245,7 +249,7 @@ class EvalchemyCommand(click.Command):
                epilog=EXIT_CODES_HELP)
 @click.option("--endpoint", metavar="URL",
               help="vLLM OpenAI-compatible server: http://host:8000, http://host:8000/v1 or "
-                   "http://host/prefix/v1/completions.")
+                   "http://host/prefix/v1/completions; 'local' starts the embedded SmolLM2 model on 127.0.0.1.")
 @click.option("--model", metavar="NAME", help="Served model name. Default: the one model GET /v1/models lists.")
 @click.option("--tokenizer", metavar="PATH",
               help="Local tokenizer folder (or a model id in the local Hugging Face cache). Default: the model "
@@ -293,8 +297,15 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     gpu = runner.check_gpu(gpu)
     includes = _include_paths(include_paths)
     from evalchemy.endpoint import normalize
+    from evalchemy.local_model import LOCAL_ENDPOINT
 
-    endpoint_urls = normalize(endpoint) if endpoint else None  # a malformed URL is a usage error, checked first
+    local = endpoint == LOCAL_ENDPOINT
+    # a malformed URL is a usage error, checked first
+    endpoint_urls = normalize(endpoint) if endpoint and not local else None
+    if local:
+        if batch_size not in (None, 1):
+            logger.warning("--endpoint local serves one prompt per request: --batch-size %d is ignored", batch_size)
+        batch_size = 1
 
     cfg, index = _load(config_file, includes)
     plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes)
@@ -318,6 +329,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
             click.echo(f"warning: {warning}", err=True)
         if endpoint_urls:
             base_url = endpoint_urls.completions_url
+        elif local:
+            base_url = "LOCAL_SERVER_URL"
+            click.echo("note: --endpoint local: LOCAL_SERVER_URL is the embedded server's 127.0.0.1 address, "
+                       "chosen at run time", err=True)
         else:
             base_url = "ENDPOINT_URL"
             click.echo("note: no --endpoint given: the commands show ENDPOINT_URL", err=True)
@@ -330,7 +345,14 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
             timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
             max_length=max_length or plan_mod.DEFAULT_MAX_LENGTH,
         )
-        if not model:
+        if local:
+            from dataclasses import replace
+
+            from evalchemy.local_model import MODEL_ID, tokenizer_dir
+
+            settings = replace(settings, model=model or MODEL_ID, tokenizer=tokenizer or str(tokenizer_dir()),
+                               tokenizer_backend="huggingface", tokenized_requests=False, num_concurrent=1)
+        elif not model:
             click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)
         if settings.tokenizer == "TOKENIZER":
             click.echo("note: TOKENIZER is resolved offline at run time (or pass --tokenizer)", err=True)

@@ -6,7 +6,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from evalchemy.errors import (
     UsageError,
 )
 from evalchemy.execute import RunOutcome, Worker, run_benchmark, worker_env
+from evalchemy.local_model import LOCAL_ENDPOINT, LocalServer
 from evalchemy.plan import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_LENGTH,
@@ -107,8 +108,10 @@ class Preflight:
     model_settings: ModelSettings
 
 
-def preflight(opts: RunOptions, plan: Plan, api_key: str | None) -> Preflight:
-    """Check the endpoint, pick the model and find a tokenizer offline. Raises PreflightError."""
+def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = False) -> Preflight:
+    """Check the endpoint, pick the model and find a tokenizer offline. Raises PreflightError.
+
+    ``local``: the embedded llama.cpp server, which takes one string prompt per request."""
     ep = endpoint_mod.normalize(opts.endpoint)
     logger.info("endpoint: %s", ep.display)
     models = endpoint_mod.fetch_models(ep, api_key=api_key)
@@ -127,8 +130,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None) -> Preflight:
         model=model["id"],
         tokenizer=tokenizer.path,
         tokenizer_backend=tokenizer.backend,
-        tokenized_requests=tokenizer.backend != "none",
-        num_concurrent=opts.concurrency,
+        tokenized_requests=tokenizer.backend != "none" and not local,
+        num_concurrent=1 if local else opts.concurrency,
         max_retries=opts.max_retries,
         timeout=opts.request_timeout,
         max_length=max_length,
@@ -191,8 +194,6 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
 
 
 def _public(settings: ModelSettings, public_url: str) -> ModelSettings:
-    from dataclasses import replace
-
     return replace(settings, base_url=public_url)
 
 
@@ -213,9 +214,15 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     preflight_error: str | None = None
     interrupted: Interrupted | None = None
     worker: Worker | None = None
+    server = None
+    local = opts.endpoint == LOCAL_ENDPOINT
     try:
         try:
-            pre = preflight(opts, plan, api_key)
+            if local:
+                server = LocalServer(run_dir / "local_model_server.log").start()
+                opts = replace(opts, endpoint=server.completions_url,
+                               tokenizer=opts.tokenizer or server.tokenizer_path)
+            pre = preflight(opts, plan, api_key, local=local)
             events.preflight_done(pre.model, pre.tokenizer)
         except PreflightError as err:
             preflight_error = str(err)
@@ -242,6 +249,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     finally:
         if worker is not None:
             worker.stop()
+        if server is not None:
+            server.stop()
         worker_boot_log = run_dir / ".worker.log"
         if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
             worker_boot_log.unlink()
@@ -276,8 +285,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         started_at=started_at,
         finished_at=now_iso(),
         duration_s=time.monotonic() - t0,
-        endpoint=endpoint_mod.strip_credentials(pre.endpoint.completions_url) if pre else
-        _safe_display(opts.endpoint),
+        endpoint=LOCAL_ENDPOINT if local else (endpoint_mod.strip_credentials(pre.endpoint.completions_url)
+                                               if pre else _safe_display(opts.endpoint)),
         model=pre.model if pre else opts.model,
         tokenizer={"backend": pre.tokenizer.backend, "path": pre.tokenizer.path, "source": pre.tokenizer.source}
         if pre else None,

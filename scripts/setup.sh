@@ -26,7 +26,7 @@ fi
 stamp="$venv/.evalchemy-installed"
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   echo "Installing evalchemy and its dependencies into $venv (about a minute)" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${root}[test]"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "${root}[test]" 2>&1 | { grep -v "^WARNING: Location" || true; } >&2
   touch "$stamp"
 fi
 
