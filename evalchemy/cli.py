@@ -83,7 +83,7 @@ def _load(config_path: Path, include_paths: tuple[Path, ...]):
     from evalchemy import config as config_mod, taskindex
 
     index = taskindex.load_index(list(include_paths))
-    return config_mod.load_config(config_path, index), index
+    return config_mod.load_config(config_path.resolve() if config_path.exists() else config_path, index), index
 
 
 def _include_paths(extra: tuple[str, ...]) -> tuple[Path, ...]:
@@ -363,11 +363,14 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
                          "--endpoint http://gpu-box:8000/v1/completions")
     opts = runner.RunOptions(
-        endpoint=endpoint, run_id=run_id, output_dir=output, model=model, tokenizer=tokenizer,
+        endpoint=endpoint, run_id=run_id, output_dir=output.resolve(), model=model,
+        tokenizer=str(Path(tokenizer).expanduser().resolve()) if tokenizer and Path(tokenizer).expanduser().exists()
+        else tokenizer,
         batch_size=batch_size, gpu=gpu, max_length=max_length,
         concurrency=concurrency or plan_mod.DEFAULT_CONCURRENCY,
         request_timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
         log_level=log_level,
+        home=home(),
     )
     from evalchemy.lock import RunLock
 

@@ -51,8 +51,9 @@ class WorkerTimeout(Exception):
 class Worker:
     """One ``python -m evalchemy.worker`` process in its own process group."""
 
-    def __init__(self, env: dict[str, str], boot_log: Path):
+    def __init__(self, env: dict[str, str], boot_log: Path, cwd: Path | None = None):
         self.env = env
+        self.cwd = cwd
         self.boot_log = boot_log
         self.proc: subprocess.Popen | None = None
         self._answers = None
@@ -70,6 +71,7 @@ class Worker:
                 env=env,
                 pass_fds=(write_fd,),
                 start_new_session=True,
+                cwd=self.cwd,
             )
         os.close(write_fd)
         self._answers = read_fd

@@ -74,6 +74,7 @@ class RunOptions:
     request_timeout: int = DEFAULT_REQUEST_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
     log_level: str = "INFO"
+    home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
 
     @property
     def run_dir(self) -> Path:
@@ -229,7 +230,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             logger.error("preflight failed, nothing was run: %s", err)
         if pre is not None:
             public_url = endpoint_mod.strip_credentials(pre.endpoint.completions_url)
-            worker = Worker(worker_env(opts.gpu, opts.log_level), run_dir / ".worker.log")
+            worker = Worker(worker_env(opts.gpu, opts.log_level), run_dir / ".worker.log", cwd=opts.home)
             to_run = plan.to_run
             for position, bench in enumerate(to_run, 1):
                 events.benchmark_started(bench, position, len(to_run))
