@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalchemy.process import stop_process_group
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
 from evalchemy.worker import RESULT_FD_ENV
 
@@ -125,22 +126,7 @@ class Worker:
             self._answers = None
         if proc is None:
             return
-        if proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 10.0)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        else:
-            try:  # children the worker left behind
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        stop_process_group(proc, KILL_GRACE_S)
         if proc.stdin:
             try:
                 proc.stdin.close()

@@ -15,7 +15,6 @@ import atexit
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from importlib import util
 from pathlib import Path
 
 from evalchemy.errors import PreflightError
+from evalchemy.process import stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +165,7 @@ class LocalServer:
         if proc is None:
             return
         atexit.unregister(self.stop)
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_process_group(proc, 5.0)
         logger.info("embedded model server stopped")
 
     def __enter__(self) -> "LocalServer":

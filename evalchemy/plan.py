@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from evalchemy.config import PRIORITIES, Config, TaskEntry
@@ -21,7 +21,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 120
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_LENGTH = 2048
 LM_EVAL_MODEL = "local-completions"
-REDACTED = "***"
+
 
 
 @dataclass(frozen=True)
@@ -185,16 +185,10 @@ def format_model_args(args: dict) -> str:
     return ",".join(parts)
 
 
-def redact_url(url: str) -> str:
-    from evalchemy.endpoint import _redact
-
-    return _redact(url)
-
-
-def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str, redact: bool = True) -> list[str]:
-    """The ``lm_eval run`` command line equivalent to what the worker runs for ``run``."""
-    shown = replace(model, base_url=redact_url(model.base_url)) if redact else model
-    argv = ["lm_eval", "run", "--model", LM_EVAL_MODEL, "--model_args", format_model_args(shown.model_args()),
+def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str) -> list[str]:
+    """The ``lm_eval run`` command line equivalent to what the worker runs for ``run``. It holds no secret: the
+    endpoint URL carries no credentials (refused at --endpoint) and the API key stays in the environment."""
+    argv = ["lm_eval", "run", "--model", LM_EVAL_MODEL, "--model_args", format_model_args(model.model_args()),
             "--tasks", ",".join(run.tasks), "--batch_size", str(run.batch_size)]
     if run.num_fewshot is not None:
         argv += ["--num_fewshot", str(run.num_fewshot)]
@@ -223,7 +217,3 @@ def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings) -> dict:
         "limit": run.limit,
         "log_samples": run.log_samples,
     }
-
-
-def to_dict(obj) -> dict:
-    return asdict(obj)

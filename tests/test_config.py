@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from evalchemy.cli import cli  # noqa: F401 - imported so a broken CLI fails here first
 
 VALID = {
     "benchmarks": {

@@ -141,3 +141,36 @@ def test_generation_scores_equal_the_models_own_answers(tmp_path):
             correct += text.lower().strip() == row["target"]
     measured = summary["benchmarks"]["opposites"]["metrics"]["demo_opposites"]["exact_match,first_word"]["value"]
     assert measured == pytest.approx(correct / len(rows))
+
+
+def test_server_dying_mid_run_fails_the_benchmark_and_is_reaped(tmp_path):
+    """kill -9 of the embedded server mid-benchmark: that benchmark is failed, the run goes on to the end (exit 4),
+    and no server process is left."""
+    import signal
+    import time
+
+    config = json.loads((PROJECT / "configs" / "demo_config.json").read_text(encoding="utf-8"))
+    config["benchmarks"] = {k: v for k, v in config["benchmarks"].items() if k in ("english_mc", "opposites")}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config, ensure_ascii=False))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(PROJECT / "run_evalchemy.sh"), "--endpoint", "local", "--config", str(path),
+                             "--output", str(out), "--run-id", "dies", "--request-timeout", "10"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server_log = out / "dies" / "local_model_server.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "POST /v1/completions" not in (
+            server_log.read_text(errors="replace") if server_log.exists() else ""):
+        time.sleep(0.2)
+    servers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "llama_cpp.server"], capture_output=True,
+                             text=True).stdout.split()
+    assert len(servers) == 1
+    os.kill(int(servers[0]), signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 4, stderr
+    summary = json.loads((out / "dies" / "evalchemy_summary_dies.json").read_text(encoding="utf-8"))
+    assert summary["status"] == "failed"
+    assert summary["benchmarks"]["english_mc"]["status"] == "failed"
+    assert summary["benchmarks"]["opposites"]["status"] == "failed"  # attempted, not skipped
+    assert summary["order"] == ["english_mc", "opposites"]
+    assert not Path(f"/proc/{servers[0]}").exists()

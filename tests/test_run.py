@@ -241,6 +241,15 @@ def test_unreachable_endpoint_fails_preflight_fast(write_config, tmp_path, asset
 
 
 
+def test_gpu_flag_sets_cuda_visible_devices_for_the_worker():
+    """--gpu reaches what the run starts as CUDA_VISIBLE_DEVICES, with the offline variables."""
+    from evalchemy.execute import worker_env
+
+    env = worker_env("0,1", "INFO")
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == "1"
+
+
 def test_several_models_need_model_flag(assets, write_config, tmp_path):
     """Two served models and no --model: exit 3 listing both; --model picks one; an unknown --model is refused."""
     config = write_config({"benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]}}})
@@ -280,11 +289,15 @@ def test_generation_only_runs_without_tokenizer(assets, write_config, tmp_path):
     with TestServer(assets["tokenizer"], "test-model", root="/models/not-here",
                     answers={"generations": GENERATIONS}) as srv:
         done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
-                       "--run-id", "g", "--include-path", str(assets["tasks_dir"]))
+                       "--run-id", "g", "--include-path", str(assets["tasks_dir"]), "--max-length", "512",
+                       "--gpu", "0")
         prompts = [r["prompt"] for r in srv.requests]
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "o" / "g" / "evalchemy_summary_g.json").read_text())
     assert summary["tokenizer"]["backend"] == "none"
+    assert summary["settings"]["max_length"] == 512 and summary["settings"]["gpu"] == "0"
+    results = json.loads((tmp_path / "o" / "g" / "echo_results.json").read_text())
+    assert results["config"]["model_args"]["max_length"] == 512  # what lm-eval itself ran with
     assert summary["benchmarks"]["echo"]["metrics"]["demo_echo"]["exact_match,strip"]["value"] == \
         pytest.approx(expected_echo())
     assert all(isinstance(p, str) for p in prompts)
