@@ -269,6 +269,9 @@ class EvalchemyCommand(click.Command):
               help="Per-request timeout. Default: 120.")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
               help="Extra folder of lm-eval task YAMLs (repeatable). The project's tasks/ folder is always included.")
+@click.option("--fresh", is_flag=True,
+              help="Start this run id over: delete its folder first. Without it, re-running a run id keeps the "
+                   "benchmarks that succeeded and re-sends no request already answered.")
 @click.option("--list-benchmarks", is_flag=True, help="Show the config's benchmarks and tasks, then exit.")
 @click.option("--validate-config", is_flag=True, help="Check the config and report every problem, then exit.")
 @click.option("--dry-run", is_flag=True,
@@ -277,7 +280,7 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, list_benchmarks, validate_config, dry_run, log_level):
+        request_timeout, include_paths, fresh, list_benchmarks, validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -377,6 +380,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     with RunLock(output, run_id):
+        if fresh and opts.run_dir.exists():
+            import shutil
+
+            shutil.rmtree(opts.run_dir)
         attach_run_logs(opts.run_dir, run_id, log_level)
         result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=os.environ.get("OPENAI_API_KEY"))
     signal.signal(signal.SIGINT, signal.SIG_DFL)

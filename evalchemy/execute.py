@@ -146,14 +146,14 @@ def worker_env(gpu: str | None, log_level: str) -> dict[str, str]:
 
 
 def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, log_path: Path,
-             public_base_url: str) -> RunOutcome:
+             public_base_url: str, use_cache: str | None = None) -> RunOutcome:
     """One lm-eval invocation through the worker; a timeout or crash kills the worker (the next job restarts it)."""
     output_path = run_dir / run.output_dir
     job = {
         "id": f"{run.benchmark}/{run.entry}",
         "log_path": str(log_path),
         "output_path": str(output_path),
-        "kwargs": simple_evaluate_kwargs(run, model),
+        "kwargs": simple_evaluate_kwargs(run, model, use_cache),
         "task_folders": list(run.task_folders),
         "credentials_free_base_url": public_base_url,
     }
@@ -174,13 +174,14 @@ def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, 
 
 
 def run_benchmark(worker: Worker, bench: BenchmarkPlan, model: ModelSettings, run_dir: Path,
-                  public_base_url: str, outcomes: list[RunOutcome], on_run_done=None) -> None:
+                  public_base_url: str, outcomes: list[RunOutcome], on_run_done=None,
+                  use_cache: str | None = None) -> None:
     """Run the benchmark's invocations in order, appending each outcome to ``outcomes`` as it finishes (so an
     interruption keeps what was done)."""
     log_path = run_dir / f"{bench.name}_benchmark.log"
     for run in bench.runs:
         logger.info("benchmark %s: running %s (lm-eval tasks: %s)", bench.name, run.entry, ", ".join(run.tasks))
-        outcome = run_task(worker, run, model, run_dir, log_path, public_base_url)
+        outcome = run_task(worker, run, model, run_dir, log_path, public_base_url, use_cache)
         if outcome.status == "success":
             logger.info("benchmark %s: %s finished in %.1f s", bench.name, run.entry, outcome.duration_s)
         else:

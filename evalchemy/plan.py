@@ -185,7 +185,7 @@ def format_model_args(args: dict) -> str:
     return ",".join(parts)
 
 
-def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str) -> list[str]:
+def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str, use_cache: str | None = None) -> list[str]:
     """The ``lm_eval run`` command line equivalent to what the worker runs for ``run``. It holds no secret: the
     endpoint URL carries no credentials (refused at --endpoint) and the API key stays in the environment."""
     argv = ["lm_eval", "run", "--model", LM_EVAL_MODEL, "--model_args", format_model_args(model.model_args()),
@@ -195,6 +195,8 @@ def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str) -> list[s
     if run.limit is not None:
         argv += ["--limit", str(run.limit)]
     argv += ["--output_path", output_path]
+    if use_cache:
+        argv += ["--use_cache", use_cache]
     if run.log_samples:
         argv.append("--log_samples")
     for folder in run.include_paths:
@@ -206,9 +208,20 @@ def shell_line(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings) -> dict:
+def request_cache_key(model: ModelSettings) -> str:
+    """lm-eval's request cache does not key by model or endpoint: one cache file per (endpoint, model, prompt
+    form), so a different model or endpoint is never served another's answers."""
+    import hashlib
+
+    identity = "|".join(str(x) for x in (model.base_url, model.model, model.tokenizer_backend,
+                                          model.tokenized_requests, model.max_length))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings, use_cache: str | None = None) -> dict:
     """Keyword arguments for ``lm_eval.simple_evaluate`` (without the TaskManager, which the worker builds)."""
     return {
+        "use_cache": use_cache,
         "model": LM_EVAL_MODEL,
         "model_args": model.model_args(),
         "tasks": list(run.tasks),

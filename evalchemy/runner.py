@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ from evalchemy.plan import (
     ModelSettings,
     Plan,
     lm_eval_argv,
+    request_cache_key,
     shell_line,
 )
 from evalchemy.summary import BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
@@ -148,7 +150,7 @@ def _relative(run_dir: Path, path: str | Path) -> str:
 
 
 def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
-            model_settings: ModelSettings | None, public_url: str) -> BenchmarkRecord:
+            model_settings: ModelSettings | None, public_url: str, use_cache: str | None = None) -> BenchmarkRecord:
     record = BenchmarkRecord(name=bench.name, description=bench.description, status="skipped",
                              tasks=[t for run in bench.runs for t in run.tasks] or [], priority=bench.priority)
     if bench.skip_reason:
@@ -188,10 +190,40 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
         entry = {"entry": outcome.run.entry, "label": outcome.run.label, "tasks": list(outcome.run.tasks),
                  "status": outcome.status, "error": outcome.error, "duration_s": round(outcome.duration_s, 3)}
         if model_settings is not None:
-            argv = lm_eval_argv(outcome.run, _public(model_settings, public_url), str(run_dir / outcome.run.output_dir))
+            argv = lm_eval_argv(outcome.run, _public(model_settings, public_url),
+                                str(run_dir / outcome.run.output_dir), use_cache)
             entry["lm_eval_command"] = shell_line(argv)
         record.runs.append(entry)
     return record
+
+
+def previous_successes(summary_path: Path, config: Config, pre: Preflight, public_url: str) -> dict[str, dict]:
+    """Benchmarks an earlier attempt of this run id finished successfully, with the same config, endpoint and model,
+    and whose files are all still there: a resumed run keeps them instead of running them again."""
+    try:
+        previous = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    same = (previous.get("config", {}).get("sha256") == config.sha256 and previous.get("model") == pre.model
+            and previous.get("endpoint") in (public_url, LOCAL_ENDPOINT))
+    if not same:
+        logger.warning("an earlier attempt of this run id used another config, endpoint or model: "
+                       "every benchmark runs again")
+        return {}
+    kept = {}
+    for name, bench in (previous.get("benchmarks") or {}).items():
+        files = [summary_path.parent / f for f in bench.get("files", [])]
+        if bench.get("status") == "success" and files and all(f.exists() for f in files):
+            kept[name] = {**bench, "accuracy": previous.get("breakdown", {}).get("benchmark", {}).get(
+                f"{name}_accuracy"), "subject_accuracy": previous.get("breakdown", {}).get("benchmark", {}).get(
+                f"{name}_subject_accuracy", {})}
+    return kept
+
+
+def _kept_record(name: str, data: dict) -> BenchmarkRecord:
+    fields = ("description", "status", "tasks", "priority", "metrics", "n_samples", "primary_metric", "duration_s",
+              "files", "error", "runs", "accuracy", "subject_accuracy")
+    return BenchmarkRecord(name=name, resumed=True, **{k: data[k] for k in fields if k in data})
 
 
 def _public(settings: ModelSettings, public_url: str) -> ModelSettings:
@@ -210,6 +242,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     for warning in config.warnings:
         logger.warning("config: %s", warning)
 
+    summary_path = run_dir / f"evalchemy_summary_{opts.run_id}.json"
     records: list[BenchmarkRecord] = []
     pre: Preflight | None = None
     preflight_error: str | None = None
@@ -230,17 +263,26 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             logger.error("preflight failed, nothing was run: %s", err)
         if pre is not None:
             public_url = endpoint_mod.strip_credentials(pre.endpoint.completions_url)
+            kept = previous_successes(summary_path, config, pre, public_url)
+            cache = str(run_dir / ".request_cache" / request_cache_key(pre.model_settings))
             worker = Worker(worker_env(opts.gpu, opts.log_level), run_dir / ".worker.log", cwd=opts.home)
             to_run = plan.to_run
             for position, bench in enumerate(to_run, 1):
                 events.benchmark_started(bench, position, len(to_run))
+                if bench.name in kept:
+                    record = _kept_record(bench.name, kept[bench.name])
+                    records.append(record)
+                    logger.info("[%d/%d] benchmark %s: kept from an earlier attempt of this run id", position,
+                                len(to_run), bench.name)
+                    events.benchmark_done(record)
+                    continue
                 logger.info("[%d/%d] benchmark %s", position, len(to_run), bench.name)
                 outcomes: list[RunOutcome] = []
                 try:
                     run_benchmark(worker, bench, pre.model_settings, run_dir, public_url, outcomes,
-                                  on_run_done=events.task_run_done)
+                                  on_run_done=events.task_run_done, use_cache=cache)
                 finally:
-                    record = _record(bench, outcomes, run_dir, pre.model_settings, public_url)
+                    record = _record(bench, outcomes, run_dir, pre.model_settings, public_url, cache)
                     records.append(record)
                 logger.info("[%d/%d] benchmark %s: %s", position, len(to_run), bench.name, record.status)
                 events.benchmark_done(record)
@@ -278,7 +320,6 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         exit_code = EXIT_OK
     else:
         exit_code = EXIT_BENCHMARKS_FAILED
-    summary_path = run_dir / f"evalchemy_summary_{opts.run_id}.json"
     summary = build_summary(
         run_id=opts.run_id,
         status=status,

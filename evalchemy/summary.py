@@ -60,9 +60,11 @@ class BenchmarkRecord:
     files: list[str] = field(default_factory=list)
     error: str | None = None
     runs: list[dict] = field(default_factory=list)
+    resumed: bool = False  # kept from an earlier attempt of the same run id
 
     def to_json(self) -> dict:
         return {
+            "resumed": self.resumed,
             "description": self.description,
             "status": self.status,
             "tasks": self.tasks,

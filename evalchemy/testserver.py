@@ -17,7 +17,8 @@ Behaviour (``answers``), simple enough for a test to recompute every score:
   prompt gives the text, else ``default_generation``; then ``stop`` strings cut it and ``max_tokens`` caps it.
 
 Faults, for tests of an unattended runner: ``fail_first`` (the first N completions requests get HTTP 500),
-``fail_status`` (every one gets that status), ``hang`` (seconds to sleep before answering), ``malformed``
+``fail_status`` (every one gets that status), ``hang`` (seconds to sleep before answering, once ``hang_after``
+requests have been answered), ``malformed``
 (invalid JSON), ``no_logprobs`` (``"logprobs": null``), ``die_after`` (the process exits after N answers), and
 ``api_key`` (401 without ``Authorization: Bearer <key>``); ``latency`` and ``capacity`` model a real server's speed.
 
@@ -99,7 +100,8 @@ class TestServer:
     def __init__(self, tokenizer_dir: Path | str, model_name: str = "test-model", *, port: int = 0,
                  root: str | None = None, max_model_len: int = 2048, answers: dict | None = None,
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
-                 fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, malformed: bool = False,
+                 fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
+                 malformed: bool = False,
                  no_logprobs: bool = False, die_after: int | None = None, api_key: str | None = None,
                  request_log: Path | None = None, extra_models: tuple[str, ...] = ()):
         from tokenizers import Tokenizer
@@ -115,6 +117,7 @@ class TestServer:
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.hang = hang
+        self.hang_after = hang_after
         self.malformed = malformed
         self.no_logprobs = no_logprobs
         self.die_after = die_after
@@ -315,7 +318,7 @@ class TestServer:
                 try:
                     if server.latency:
                         time.sleep(server.latency)
-                    if server.hang:
+                    if server.hang and number > server.hang_after:
                         time.sleep(server.hang)
                     if number <= server.fail_first or server.fail_status:
                         code = server.fail_status or 500
@@ -349,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fail-first", type=int, default=0)
     parser.add_argument("--fail-status", type=int)
     parser.add_argument("--hang", type=float, default=0.0)
+    parser.add_argument("--hang-after", type=int, default=0)
     parser.add_argument("--malformed", action="store_true")
     parser.add_argument("--no-logprobs", action="store_true")
     parser.add_argument("--die-after", type=int)
@@ -361,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_model_len=args.max_model_len, answers=answers, latency=args.latency,
                         capacity=args.capacity, tokenizer_endpoints=args.tokenizer_endpoints,
                         fail_first=args.fail_first, fail_status=args.fail_status, hang=args.hang,
+                        hang_after=args.hang_after,
                         malformed=args.malformed, no_logprobs=args.no_logprobs, die_after=args.die_after,
                         api_key=os.environ.get("TESTSERVER_API_KEY"), request_log=args.request_log)
     stop = threading.Event()

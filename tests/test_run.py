@@ -84,7 +84,7 @@ def _golden_summary(summary: dict, tmp_path: Path, port: int, assets) -> None:
     masked = _mask(summary, [
         (re.escape(str(assets["tasks_dir"].parent)), "<ASSETS>"), (re.escape(str(tmp_path)), "<TMP>"),
         (rf":{port}\b", ":<PORT>"), (r"\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d+", "<TIMESTAMP>"),
-        (re.escape(__version__), "<VERSION>"), (r"^3\.\d+\.\d+$", "<PYTHON>"),
+        (re.escape(__version__), "<VERSION>"), (r"\.request_cache/[0-9a-f]{16}", ".request_cache/<KEY>"), (r"^3\.\d+\.\d+$", "<PYTHON>"),
     ])
     path = Path(__file__).parent / "golden" / "summary_e2e.json"
     text = json.dumps(masked, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
@@ -409,3 +409,55 @@ def test_signal_stops_the_run_cleanly(assets, write_config, tmp_path, sig, code)
     for pid in worker_pids:
         assert not Path(f"/proc/{pid}").exists(), "the lm-eval worker outlived the run"
     assert not (out / ".evalchemy.lock").read_text()  # released
+
+
+def test_rerunning_a_run_id_resumes_without_repeating_requests(assets, write_config, tmp_path):
+    """Same --run-id again after a timeout: the succeeded benchmark is kept (no request), the timed-out one runs
+    again without re-sending the requests answered before the timeout; a third identical run sends no request;
+    --fresh starts over."""
+    config = write_config({
+        "benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]},
+                       "capitals": {"enabled": True, "tasks": ["capitals"]}},
+        "tasks": {"capitals": {"enabled": True, "tasks": ["demo_capitals"], "timeout": 8, "priority": "low"}},
+    })
+    out = tmp_path / "o"
+    common = ["--config", str(config), "--output", str(out), "--run-id", "nightly", "--include-path",
+              str(assets["tasks_dir"]), "--concurrency", "1", "--request-timeout", "60"]
+    summary_path = out / "nightly" / "evalchemy_summary_nightly.json"
+    answered_before_hang = 10
+    n_capitals = sum(len(c) for _, c, _ in taskdata.CAPITALS)
+    with TestServer(assets["tokenizer"], "test-model", hang=30,
+                    hang_after=len(taskdata.ECHO_WORDS) + answered_before_hang,
+                    answers={"favoured": sorted(FAVOURED), "generations": GENERATIONS}) as srv:
+        first = run_cli("--endpoint", srv.base_url, *common)
+        assert first.returncode == 4, first.stderr
+        summary = json.loads(summary_path.read_text())
+        assert summary["benchmarks"]["echo"]["status"] == "success"
+        assert summary["benchmarks"]["capitals"]["status"] == "timeout"
+        sent_first = len(srv.requests)
+
+        srv.hang = 0
+        second = run_cli("--endpoint", srv.base_url, *common)
+        assert second.returncode == 0, second.stderr
+        summary = json.loads(summary_path.read_text())
+        assert summary["status"] == "success"
+        assert summary["benchmarks"]["echo"]["resumed"] is True
+        assert summary["benchmarks"]["capitals"]["resumed"] is False
+        assert summary["benchmarks"]["capitals"]["metrics"]["demo_capitals"]["acc"]["value"] == \
+            pytest.approx(expected_capitals())
+        resent = srv.requests[sent_first:]
+        assert all(r.get("echo") for r in resent)  # no generation request again
+        assert len(resent) == n_capitals - answered_before_hang
+        sent_second = len(srv.requests)
+
+        third = run_cli("--endpoint", srv.base_url, *common)
+        assert third.returncode == 0, third.stderr
+        assert len(srv.requests) == sent_second
+        summary = json.loads(summary_path.read_text())
+        assert all(b["resumed"] for b in summary["benchmarks"].values())
+
+        fresh = run_cli("--endpoint", srv.base_url, *common, "--fresh")
+        assert fresh.returncode == 0, fresh.stderr
+        assert len(srv.requests) == sent_second + len(taskdata.ECHO_WORDS) + n_capitals
+        summary = json.loads(summary_path.read_text())
+        assert not any(b["resumed"] for b in summary["benchmarks"].values())
