@@ -261,7 +261,7 @@ class EvalchemyCommand(click.Command):
 @click.option("--config", "config_path", metavar="FILE", help="Config file. Default: configs/eval_config.json.")
 @click.option("--output", "output_dir", metavar="DIR", help="Results folder. Default: results.")
 @click.option("--gpu", metavar="IDS", help="GPU ids for what the run starts (sets CUDA_VISIBLE_DEVICES), e.g. 0,1.")
-@click.option("--max-length", type=click.IntRange(min=16), metavar="N",
+@click.option("--max-length", type=click.IntRange(min=2), metavar="N",
               help="Longest prompt + answer in tokens (lm-eval max_length). Default: the server's max_model_len.")
 @click.option("--concurrency", type=click.IntRange(min=1, max=1024), default=None, metavar="N",
               help="Requests in flight at once. Default: 16.")
@@ -269,6 +269,8 @@ class EvalchemyCommand(click.Command):
               help="Per-request timeout. Default: 120.")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
               help="Extra folder of lm-eval task YAMLs (repeatable). The project's tasks/ folder is always included.")
+@click.option("--max-failed-requests", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="A benchmark with more requests than this that got an empty answer is failed.")
 @click.option("--fresh", is_flag=True,
               help="Start this run id over: delete its folder first. Without it, re-running a run id keeps the "
                    "benchmarks that succeeded and re-sends no request already answered.")
@@ -280,7 +282,7 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, fresh, list_benchmarks, validate_config, dry_run, log_level):
+        request_timeout, include_paths, max_failed_requests, fresh, list_benchmarks, validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -373,6 +375,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         concurrency=concurrency or plan_mod.DEFAULT_CONCURRENCY,
         request_timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
         log_level=log_level,
+        max_failed_requests=max_failed_requests,
         home=home(),
     )
     from evalchemy.lock import RunLock

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evalchemy.process import stop_process_group
+from evalchemy.process import die_with_parent, stop_process_group
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
 from evalchemy.worker import RESULT_FD_ENV
 
@@ -39,6 +39,7 @@ class RunOutcome:
     results: dict | None = None
     files: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    requests: dict = field(default_factory=dict)  # RequestStats of the worker; empty when it died
 
 
 class WorkerCrashed(Exception):
@@ -72,6 +73,7 @@ class Worker:
                 env=env,
                 pass_fds=(write_fd,),
                 start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks
                 cwd=self.cwd,
             )
         os.close(write_fd)
@@ -146,7 +148,7 @@ def worker_env(gpu: str | None, log_level: str) -> dict[str, str]:
 
 
 def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, log_path: Path,
-             public_base_url: str, use_cache: str | None = None) -> RunOutcome:
+             public_base_url: str, use_cache: str | None = None, max_failed_requests: int = 0) -> RunOutcome:
     """One lm-eval invocation through the worker; a timeout or crash kills the worker (the next job restarts it)."""
     output_path = run_dir / run.output_dir
     job = {
@@ -168,20 +170,29 @@ def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, 
         worker.stop()
         return RunOutcome(run, "failed", error=str(err), duration_s=time.monotonic() - started)
     duration = time.monotonic() - started
+    requests = answer.get("requests") or {}
     if not answer.get("ok"):
-        return RunOutcome(run, "failed", error=answer.get("error") or "lm-eval failed", duration_s=duration)
-    return RunOutcome(run, "success", results=answer["results"], files=answer.get("files", []), duration_s=duration)
+        return RunOutcome(run, "failed", error=answer.get("error") or "lm-eval failed", duration_s=duration,
+                          requests=requests)
+    outcome = RunOutcome(run, "success", results=answer["results"], files=answer.get("files", []),
+                         duration_s=duration, requests=requests)
+    empty = requests.get("empty_answers", 0)
+    if empty > max_failed_requests:
+        outcome.status = "failed"
+        outcome.error = (f"{empty} request(s) got an empty answer from the endpoint (allowed: {max_failed_requests}, "
+                         "--max-failed-requests); the scores would count them as wrong")
+    return outcome
 
 
 def run_benchmark(worker: Worker, bench: BenchmarkPlan, model: ModelSettings, run_dir: Path,
                   public_base_url: str, outcomes: list[RunOutcome], on_run_done=None,
-                  use_cache: str | None = None) -> None:
+                  use_cache: str | None = None, max_failed_requests: int = 0) -> None:
     """Run the benchmark's invocations in order, appending each outcome to ``outcomes`` as it finishes (so an
     interruption keeps what was done)."""
     log_path = run_dir / f"{bench.name}_benchmark.log"
     for run in bench.runs:
         logger.info("benchmark %s: running %s (lm-eval tasks: %s)", bench.name, run.entry, ", ".join(run.tasks))
-        outcome = run_task(worker, run, model, run_dir, log_path, public_base_url, use_cache)
+        outcome = run_task(worker, run, model, run_dir, log_path, public_base_url, use_cache, max_failed_requests)
         if outcome.status == "success":
             logger.info("benchmark %s: %s finished in %.1f s", bench.name, run.entry, outcome.duration_s)
         else:

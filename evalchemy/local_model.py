@@ -25,7 +25,7 @@ from importlib import util
 from pathlib import Path
 
 from evalchemy.errors import PreflightError
-from evalchemy.process import stop_process_group
+from evalchemy.process import die_with_parent, stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class LocalServer:
                     self.log_path)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,  # noqa: S603
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         atexit.register(self.stop)
         try:
             self._wait_ready()

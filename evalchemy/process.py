@@ -26,3 +26,14 @@ def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: the kernel kills them if the runner dies, even by kill -9 (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

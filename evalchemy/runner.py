@@ -35,7 +35,7 @@ from evalchemy.plan import (
     request_cache_key,
     shell_line,
 )
-from evalchemy.summary import BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
+from evalchemy.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class RunOptions:
     request_timeout: int = DEFAULT_REQUEST_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
     log_level: str = "INFO"
+    max_failed_requests: int = 0
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
 
     @property
@@ -168,6 +169,7 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
     errors = [f"{o.run.entry}: {o.error}" for o in outcomes if o.error]
     record.error = "; ".join(errors) or (None if record.status == "success" else "not finished")
     record.duration_s = sum(o.duration_s for o in outcomes)
+    record.requests = {key: sum(o.requests.get(key, 0) for o in outcomes) for key in REQUEST_COUNTS}
     scores = collect.benchmark_scores(outcomes)
     record.metrics = scores["metrics"]
     record.n_samples = scores["n_samples"]
@@ -188,7 +190,8 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
     record.files = files
     for outcome in outcomes:
         entry = {"entry": outcome.run.entry, "label": outcome.run.label, "tasks": list(outcome.run.tasks),
-                 "status": outcome.status, "error": outcome.error, "duration_s": round(outcome.duration_s, 3)}
+                 "status": outcome.status, "error": outcome.error, "duration_s": round(outcome.duration_s, 3),
+                 "requests": {key: outcome.requests.get(key, 0) for key in REQUEST_COUNTS}}
         if model_settings is not None:
             argv = lm_eval_argv(outcome.run, _public(model_settings, public_url),
                                 str(run_dir / outcome.run.output_dir), use_cache)
@@ -222,7 +225,7 @@ def previous_successes(summary_path: Path, config: Config, pre: Preflight, publi
 
 def _kept_record(name: str, data: dict) -> BenchmarkRecord:
     fields = ("description", "status", "tasks", "priority", "metrics", "n_samples", "primary_metric", "duration_s",
-              "files", "error", "runs", "accuracy", "subject_accuracy")
+              "files", "error", "runs", "accuracy", "subject_accuracy", "requests")
     return BenchmarkRecord(name=name, resumed=True, **{k: data[k] for k in fields if k in data})
 
 
@@ -280,7 +283,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
                 outcomes: list[RunOutcome] = []
                 try:
                     run_benchmark(worker, bench, pre.model_settings, run_dir, public_url, outcomes,
-                                  on_run_done=events.task_run_done, use_cache=cache)
+                                  on_run_done=events.task_run_done, use_cache=cache,
+                                  max_failed_requests=opts.max_failed_requests)
                 finally:
                     record = _record(bench, outcomes, run_dir, pre.model_settings, public_url, cache)
                     records.append(record)
@@ -340,6 +344,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             "max_length": pre.model_settings.max_length if pre else opts.max_length,
             "request_timeout_s": opts.request_timeout,
             "max_retries": opts.max_retries,
+            "max_failed_requests": opts.max_failed_requests,
             "gpu": opts.gpu,
         },
         versions=versions(),

@@ -18,6 +18,7 @@ from pathlib import Path
 SCHEMA_VERSION = 1
 RUN_STATUSES = ("success", "partial", "failed", "interrupted")
 BENCHMARK_STATUSES = ("success", "failed", "timeout", "skipped")
+REQUEST_COUNTS = ("sent", "failed_attempts", "empty_answers", "truncated_prompts")
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -61,10 +62,12 @@ class BenchmarkRecord:
     error: str | None = None
     runs: list[dict] = field(default_factory=list)
     resumed: bool = False  # kept from an earlier attempt of the same run id
+    requests: dict = field(default_factory=lambda: dict.fromkeys(REQUEST_COUNTS, 0))
 
     def to_json(self) -> dict:
         return {
             "resumed": self.resumed,
+            "requests": self.requests,
             "description": self.description,
             "status": self.status,
             "tasks": self.tasks,

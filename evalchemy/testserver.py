@@ -19,7 +19,7 @@ Behaviour (``answers``), simple enough for a test to recompute every score:
 Faults, for tests of an unattended runner: ``fail_first`` (the first N completions requests get HTTP 500),
 ``fail_status`` (every one gets that status), ``hang`` (seconds to sleep before answering, once ``hang_after``
 requests have been answered), ``malformed``
-(invalid JSON), ``no_logprobs`` (``"logprobs": null``), ``die_after`` (the process exits after N answers), and
+(invalid JSON), ``no_logprobs`` (``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``die_after`` (the process exits after N answers), and
 ``api_key`` (401 without ``Authorization: Bearer <key>``); ``latency`` and ``capacity`` model a real server's speed.
 
 Run it alone with ``python -m evalchemy.testserver --tokenizer DIR``; it prints ``listening on URL`` when ready.
@@ -101,7 +101,7 @@ class TestServer:
                  root: str | None = None, max_model_len: int = 2048, answers: dict | None = None,
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
-                 malformed: bool = False,
+                 malformed: bool = False, null_text: bool = False,
                  no_logprobs: bool = False, die_after: int | None = None, api_key: str | None = None,
                  request_log: Path | None = None, extra_models: tuple[str, ...] = ()):
         from tokenizers import Tokenizer
@@ -119,6 +119,7 @@ class TestServer:
         self.hang = hang
         self.hang_after = hang_after
         self.malformed = malformed
+        self.null_text = null_text
         self.no_logprobs = no_logprobs
         self.die_after = die_after
         self.api_key = api_key
@@ -213,7 +214,7 @@ class TestServer:
             answer, finish = answer[:kept], "length"
         elif finish != "stop":
             finish = "stop"
-        return {"index": index, "text": answer, "logprobs": None, "finish_reason": finish,
+        return {"index": index, "text": None if self.null_text else answer, "logprobs": None, "finish_reason": finish,
                 "stop_reason": None, "prompt_logprobs": None}, len(ids), len(out_ids)
 
     def complete(self, body: dict) -> tuple[int, dict]:
@@ -355,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hang-after", type=int, default=0)
     parser.add_argument("--malformed", action="store_true")
     parser.add_argument("--no-logprobs", action="store_true")
+    parser.add_argument("--null-text", action="store_true")
     parser.add_argument("--die-after", type=int)
     parser.add_argument("--request-log", type=Path)
     parser.add_argument("--ready-file", type=Path)
@@ -366,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                         capacity=args.capacity, tokenizer_endpoints=args.tokenizer_endpoints,
                         fail_first=args.fail_first, fail_status=args.fail_status, hang=args.hang,
                         hang_after=args.hang_after,
-                        malformed=args.malformed, no_logprobs=args.no_logprobs, die_after=args.die_after,
+                        malformed=args.malformed, no_logprobs=args.no_logprobs,
+                        null_text=args.null_text, die_after=args.die_after,
                         api_key=os.environ.get("TESTSERVER_API_KEY"), request_log=args.request_log)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

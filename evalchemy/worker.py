@@ -7,11 +7,14 @@ saves lm-eval's output files as ``lm_eval run --output_path`` does, and answers 
 (file descriptor named by ``EVALCHEMY_RESULT_FD``), which nothing else writes to.
 
 Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url"}
-Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "duration_s": float}
+Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "duration_s": float,
+         "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"}}
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import os
@@ -21,6 +24,58 @@ import traceback
 from pathlib import Path
 
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
+
+
+class RequestStats(logging.Handler):
+    """What one job asked of the endpoint: HTTP attempts, failed attempts (lm-eval retries them; a request whose
+    every attempt fails fails the job), answers that came back empty, and prompts lm-eval truncated to max_length.
+    Attempts are counted by wrapping lm-eval's request methods; the last two from lm-eval's own warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.reset()
+
+    def reset(self) -> None:
+        self.sent = self.failed = self.empty = self.truncated = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "returned null content" in message:
+            self.empty += 1
+        elif "truncat" in message.lower():
+            self.truncated += 1
+
+    def as_dict(self) -> dict:
+        return {"sent": self.sent, "failed_attempts": self.failed, "empty_answers": self.empty,
+                "truncated_prompts": self.truncated}
+
+    def counting(self, method):
+        stats = self
+        if inspect.iscoroutinefunction(method):
+            @functools.wraps(method)
+            async def wrapper(*args, **kwargs):
+                stats.sent += 1
+                try:
+                    return await method(*args, **kwargs)
+                except BaseException:
+                    stats.failed += 1
+                    raise
+        else:
+            @functools.wraps(method)
+            def wrapper(*args, **kwargs):
+                stats.sent += 1
+                try:
+                    return method(*args, **kwargs)
+                except BaseException:
+                    stats.failed += 1
+                    raise
+        return wrapper
+
+    def install(self) -> None:
+        from lm_eval.models.api_models import TemplateAPI
+
+        for name in ("model_call", "amodel_call"):
+            setattr(TemplateAPI, name, self.counting(getattr(TemplateAPI, name)))
 
 
 def _redirect_output(log_path: str) -> None:
@@ -34,11 +89,11 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
 
 
-def _setup_logging() -> None:
+def _setup_logging(stats: RequestStats) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, stats]
     root.setLevel(os.environ.get("EVALCHEMY_WORKER_LOG_LEVEL", "INFO"))
 
 
@@ -91,13 +146,17 @@ def main() -> int:
     result_fd = int(os.environ[RESULT_FD_ENV])
     answers = os.fdopen(result_fd, "w", encoding="utf-8", buffering=1)
     worker = Worker()
+    stats = RequestStats()
+    stats.install()
     for line in sys.stdin:
         if not line.strip():
             continue
         job = json.loads(line)
         _redirect_output(job["log_path"])
-        _setup_logging()
-        answer: dict = {"id": job["id"], "ok": False, "error": None, "results": None, "files": []}
+        _setup_logging(stats)
+        stats.reset()
+        answer: dict = {"id": job["id"], "ok": False, "error": None, "results": None, "files": [],
+                        "requests": stats.as_dict()}
         try:
             answer.update(worker.run(job), ok=True)
         except BaseException as err:  # noqa: BLE001 - reported to the runner, which records the failure
@@ -107,6 +166,7 @@ def main() -> int:
             if isinstance(err, KeyboardInterrupt):
                 answers.write(json.dumps(answer) + "\n")
                 return 130
+        answer["requests"] = stats.as_dict()
         sys.stdout.flush()
         sys.stderr.flush()
         answers.write(json.dumps(answer, ensure_ascii=False) + "\n")

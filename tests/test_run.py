@@ -161,6 +161,7 @@ def test_full_run_through_the_entrypoint(assets, server, write_config, tmp_path)
     assert echo["metrics"]["demo_echo"]["exact_match,strip"]["value"] == pytest.approx(expected_echo())
 
     _golden_summary(summary, tmp_path, server.port, assets)
+    assert sum(b["requests"]["sent"] for b in summary["benchmarks"].values()) == len(server.requests)
 
     results = json.loads((run_dir / "kmmlu_domain_results.json").read_text(encoding="utf-8"))
     assert set(results["results"]) == {"demo_kmmlu_insurance", "demo_kmmlu_finance"}
