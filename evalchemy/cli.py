@@ -269,6 +269,9 @@ class EvalchemyCommand(click.Command):
               help="Per-request timeout. Default: 120.")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
               help="Extra folder of lm-eval task YAMLs (repeatable). The project's tasks/ folder is always included.")
+@click.option("--notify-url", metavar="URL",
+              help="POST a JSON (run id, status, scores, summary path) here when the run ends; a failure to notify "
+                   "is logged and does not change the exit code.")
 @click.option("--max-failed-requests", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="A benchmark with more requests than this that got an empty answer is failed.")
 @click.option("--fresh", is_flag=True,
@@ -282,7 +285,7 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, max_failed_requests, fresh, list_benchmarks, validate_config, dry_run, log_level):
+        request_timeout, include_paths, notify_url, max_failed_requests, fresh, list_benchmarks, validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -389,6 +392,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
             shutil.rmtree(opts.run_dir)
         attach_run_logs(opts.run_dir, run_id, log_level)
         result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=os.environ.get("OPENAI_API_KEY"))
+        if notify_url:
+            from evalchemy.notify import notify
+
+            notify(notify_url, result.summary, result.summary_path)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if any(r.status != "skipped" for r in result.records):

@@ -462,3 +462,47 @@ def test_rerunning_a_run_id_resumes_without_repeating_requests(assets, write_con
         assert len(srv.requests) == sent_second + len(taskdata.ECHO_WORDS) + n_capitals
         summary = json.loads(summary_path.read_text())
         assert not any(b["resumed"] for b in summary["benchmarks"].values())
+
+
+def test_notify_url_receives_the_outcome_and_failures_do_not_change_the_exit_code(assets, write_config, tmp_path):
+    """--notify-url gets run id, status, scores and summary path; an unreachable one is logged, exit code kept."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    config = write_config({"benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]}}})
+    try:
+        with TestServer(assets["tokenizer"], "test-model", answers={"generations": GENERATIONS}) as srv:
+            ok = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                         "--run-id", "n1", "--include-path", str(assets["tasks_dir"]),
+                         "--notify-url", f"http://127.0.0.1:{hook.server_address[1]}/hooks/SECRET-PATH")
+            down = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                           "--run-id", "n2", "--include-path", str(assets["tasks_dir"]),
+                           "--notify-url", "http://127.0.0.1:9/hooks/SECRET-PATH")
+    finally:
+        hook.shutdown()
+    assert ok.returncode == 0, ok.stderr
+    assert received == [{
+        "run_id": "n1", "status": "success", "exit_code": 0,
+        "scores": {"echo": {"status": "success", "metric": "exact_match", "value": pytest.approx(expected_echo())}},
+        "breakdown": {"benchmark": {"echo_accuracy": pytest.approx(expected_echo())}},
+        "summary_path": str(tmp_path / "o" / "n1" / "evalchemy_summary_n1.json"),
+    }]
+    assert down.returncode == 0
+    assert "notification to http://127.0.0.1:9/… failed: [Errno 111] Connection refused (the run's exit code is " \
+        "unchanged)" in down.stderr
+    assert "SECRET-PATH" not in ok.stderr + down.stderr
+    assert "SECRET-PATH" not in (tmp_path / "o" / "n2" / "evalchemy_errors_n2.log").read_text() + \
+        (tmp_path / "o" / "n2" / "evalchemy_n2.log").read_text()
