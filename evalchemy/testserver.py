@@ -126,6 +126,7 @@ class TestServer:
         self.request_log = request_log
         self.extra_models = tuple(extra_models)
         self.requests: list[dict] = []
+        self.timings: list[tuple[float, float]] = []  # (arrival, answer sent) of each completions request
         self.prompts_seen = 0
         self._lock = threading.Lock()
         self._answered = 0
@@ -259,6 +260,7 @@ class TestServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else small answers wait ~40 ms for delayed ACKs, like no real server
 
             def log_message(self, *args) -> None:  # quiet
                 pass
@@ -308,6 +310,7 @@ class TestServer:
                 if self.path != "/v1/completions":
                     self._send(404, _error("Not Found", "NotFoundError", 404))
                     return
+                arrived = time.monotonic()
                 with server._lock:
                     server.requests.append(body)
                     number = len(server.requests)
@@ -317,21 +320,24 @@ class TestServer:
                 if server.capacity:
                     server.capacity.acquire()
                 try:
-                    if server.latency:
-                        time.sleep(server.latency)
+                    started = time.monotonic()
                     if server.hang and number > server.hang_after:
                         time.sleep(server.hang)
                     if number <= server.fail_first or server.fail_status:
                         code = server.fail_status or 500
-                        self._send(code, _error("injected failure", "InternalServerError", code))
+                        answer = code, _error("injected failure", "InternalServerError", code)
                     elif server.malformed:
-                        self._send(200, b'{"choices": [ this is not json')
+                        answer = 200, b'{"choices": [ this is not json'
                     else:
-                        self._send(*server.complete(body))
+                        answer = server.complete(body)
+                    # the latency includes the work, as a real server's does
+                    time.sleep(max(0.0, server.latency - (time.monotonic() - started)))
+                    self._send(*answer)
                 finally:
                     if server.capacity:
                         server.capacity.release()
                 with server._lock:
+                    server.timings.append((arrived, time.monotonic()))
                     server._answered += 1
                     if server.die_after is not None and server._answered >= server.die_after:
                         os._exit(1)

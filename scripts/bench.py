@@ -1,0 +1,189 @@
+"""Performance figures of the runner against the project's test server (a benchmark, not a test).
+
+    .venv/bin/python scripts/bench.py [--repeat 5] [--skip-loop]
+
+Prints one line per figure: control-command wall times, the 8-benchmark config through the runner vs. a loop of
+plain `lm_eval run` calls, endpoint saturation (400 log-likelihood requests at 50 ms latency, 16 in flight) for the
+runner's defaults and for lm-eval's defaults, the client ceiling against a zero-latency server, the requests a
+resumed identical run sends, and the run's peak memory. Everything runs on 127.0.0.1 with data this script writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from evalchemy.testserver import TestServer, build_test_tokenizer  # noqa: E402
+
+PYTHON = sys.executable
+WORDS = ["red", "blue", "green", "gold", "black", "white", "pink", "gray"]
+
+
+def write_task(folder: Path, name: str, n_questions: int) -> None:
+    rows = [{"question": f"Which colour is number {i} ?", "choices": WORDS[i % 4: i % 4 + 4], "answer": i % 4}
+            for i in range(n_questions)]
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "output_type: multiple_choice\ntest_split: test\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1\n")
+
+
+def config_for(path: Path, names: list[str]) -> Path:
+    path.write_text(json.dumps({"benchmarks": {n: {"enabled": True, "tasks": [n]} for n in names}}))
+    return path
+
+
+class RssPoller:
+    """Peak resident memory of a process and its descendants, summed, sampled every 20 ms."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak_kb, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        pids, frontier = [self.pid], [self.pid]
+        while frontier:
+            parent = frontier.pop()
+            try:
+                children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+            except OSError:
+                children = []
+            pids += [int(c) for c in children]
+            frontier += [int(c) for c in children]
+        return pids
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            for pid in self._tree():
+                try:
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+                except OSError:
+                    pass
+            self.peak_kb = max(self.peak_kb, total)
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb
+
+
+def run_runner(args: list[str], env: dict, poll: bool = False) -> tuple[float, int, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(ROOT / "run_evalchemy.sh"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    poller = RssPoller(proc.pid) if poll else None
+    stdout, stderr = proc.communicate(timeout=900)
+    elapsed = time.perf_counter() - started
+    peak = poller.stop() if poller else 0
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}): {stderr[-2000:]}")
+    return elapsed, peak, subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def busy_span(server: TestServer, since: int = 0) -> float:
+    """Server-side time from the first request's arrival to the last answer."""
+    times = server.timings[since:]
+    return max(end for _, end in times) - min(start for start, _ in times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each control command (median reported)")
+    parser.add_argument("--skip-loop", action="store_true", help="skip the slow loop of plain lm_eval calls")
+    opts = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="evalchemy-bench-"))
+    tasks = work / "tasks"
+    tasks.mkdir()
+    small = [f"bench_small_{i}" for i in range(8)]
+    for name in small:
+        write_task(tasks, name, 5)
+    write_task(tasks, "bench_saturation", 100)  # 400 log-likelihood requests
+    tokenizer = build_test_tokenizer(work / "tokenizer", ["Question : Which colour is number ? Answer :", *WORDS,
+                                                          *map(str, range(100))])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "NO_PROXY": "127.0.0.1",
+           "EVALCHEMY_CACHE_DIR": str(work / "cache")}
+    common = ["--include-path", str(tasks), "--output", str(work / "results")]
+    eight = config_for(work / "eight.json", small)
+    saturation = config_for(work / "saturation.json", ["bench_saturation"])
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {work}")
+
+    # control commands
+    subprocess.run([str(ROOT / "run_evalchemy.sh"), "--validate-config", "--config", str(eight), *common[:2]],
+                   env=env, capture_output=True)  # warm the task index cache once
+    for mode in ("--validate-config", "--dry-run", "--list-benchmarks"):
+        times = []
+        for _ in range(opts.repeat):
+            started = time.perf_counter()
+            subprocess.run([str(ROOT / "run_evalchemy.sh"), mode, "--config", str(eight), *common[:2]], env=env,
+                           capture_output=True, check=True)
+            times.append(time.perf_counter() - started)
+        print(f"control {mode}: median {statistics.median(times):.3f} s over {opts.repeat} runs (target <= 0.5 s)")
+
+    with TestServer(tokenizer, "bench-model", latency=0.0, answers={"favoured": ["red"]}) as srv:
+        url = srv.base_url
+        runner_s, _, _ = run_runner(["--endpoint", url, "--config", str(eight), "--run-id", "eight", *common], env)
+        print(f"orchestration runner: 8 benchmarks in {runner_s:.2f} s")
+        if not opts.skip_loop:
+            started = time.perf_counter()
+            for name in small:
+                subprocess.run([str(Path(PYTHON).parent / "lm_eval"), "run", "--model", "local-completions",
+                                "--model_args", f"base_url={srv.completions_url},model=bench-model,tokenizer="
+                                f"{tokenizer},tokenizer_backend=huggingface,tokenized_requests=True",
+                                "--tasks", name, "--include_path", str(tasks), "--batch_size", "1",
+                                "--output_path", str(work / "loop" / name)], env=env, capture_output=True,
+                               check=True)
+            loop_s = time.perf_counter() - started
+            print(f"orchestration loop of plain lm_eval calls: 8 benchmarks in {loop_s:.2f} s")
+            print(f"orchestration ratio runner/loop: {runner_s / loop_s:.3f} (target <= 0.35)")
+
+    n_requests, latency, capacity = 400, 0.05, 16
+    ideal = n_requests * latency / capacity
+    with TestServer(tokenizer, "bench-model", latency=latency, capacity=capacity,
+                    answers={"favoured": ["red"]}) as srv:
+        _, peak_kb, _ = run_runner(["--endpoint", srv.base_url, "--config", str(saturation), "--run-id", "sat",
+                                    *common], env, poll=True)
+        span = busy_span(srv)
+        sent = len(srv.requests)
+        print(f"saturation runner defaults: {sent} requests in {span:.2f} s server-side; ideal {ideal:.2f} s; "
+              f"ratio ideal/runner {ideal / span:.3f} (target >= 0.85)")
+        print(f"peak memory of the run (runner + worker, RSS): {peak_kb / 1024:.0f} MB (target <= 500 MB)")
+        before = len(srv.requests)
+        run_runner(["--endpoint", srv.base_url, "--config", str(saturation), "--run-id", "sat", *common], env)
+        print(f"resumed identical run: {len(srv.requests) - before} requests sent (target 0)")
+        mark = len(srv.timings)
+        run_runner(["--endpoint", srv.base_url, "--config", str(saturation), "--run-id", "sat-lm-eval-defaults",
+                    "--concurrency", "1", *common], env)
+        defaults_span = busy_span(srv, mark)
+        print(f"saturation lm-eval defaults (1 request in flight): {defaults_span:.2f} s server-side; "
+              f"ratio ideal/defaults {ideal / defaults_span:.3f}")
+
+    with TestServer(tokenizer, "bench-model", latency=0.0, answers={"favoured": ["red"]}) as srv:
+        run_runner(["--endpoint", srv.base_url, "--config", str(saturation), "--run-id", "ceiling", *common], env)
+        span = busy_span(srv)
+        print(f"client ceiling: {len(srv.requests) / span:.0f} requests/s against a zero-latency server "
+              f"({len(srv.requests)} requests in {span:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
