@@ -269,6 +269,8 @@ class EvalchemyCommand(click.Command):
               help="Per-request timeout. Default: 120.")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
               help="Extra folder of lm-eval task YAMLs (repeatable). The project's tasks/ folder is always included.")
+@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, metavar="NAME",
+              help="Environment variable holding the endpoint's API key (sent as a Bearer token, never written).")
 @click.option("--notify-url", metavar="URL",
               help="POST a JSON (run id, status, scores, summary path) here when the run ends; a failure to notify "
                    "is logged and does not change the exit code.")
@@ -285,7 +287,7 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, notify_url, max_failed_requests, fresh, list_benchmarks, validate_config, dry_run, log_level):
+        request_timeout, include_paths, api_key_env, notify_url, max_failed_requests, fresh, list_benchmarks, validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -303,6 +305,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     output = Path(output_dir) if output_dir else home() / "results"
     run_id = runner.check_run_id(run_id if run_id is not None else runner.default_run_id())
     gpu = runner.check_gpu(gpu)
+    plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
+    api_key = os.environ.get(api_key_env)
+    if api_key is None and api_key_env != "OPENAI_API_KEY":
+        raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
     includes = _include_paths(include_paths)
     from evalchemy.endpoint import normalize
     from evalchemy.local_model import LOCAL_ENDPOINT
@@ -391,7 +397,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
 
             shutil.rmtree(opts.run_dir)
         attach_run_logs(opts.run_dir, run_id, log_level)
-        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=os.environ.get("OPENAI_API_KEY"))
+        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key)
         if notify_url:
             from evalchemy.notify import notify
 

@@ -136,9 +136,12 @@ class Worker:
                 pass
 
 
-def worker_env(gpu: str | None, log_level: str) -> dict[str, str]:
+def worker_env(gpu: str | None, log_level: str, api_key: str | None = None) -> dict[str, str]:
+    """The worker's environment: offline, its GPUs, and the API key where lm-eval reads it (OPENAI_API_KEY)."""
     env = {k: v for k, v in os.environ.items()}
     env.update(OFFLINE_ENV)
+    if api_key:
+        env["OPENAI_API_KEY"] = api_key
     env["EVALCHEMY_WORKER_LOG_LEVEL"] = "DEBUG" if log_level == "DEBUG" else "INFO"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu

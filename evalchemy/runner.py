@@ -268,7 +268,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             public_url = endpoint_mod.strip_credentials(pre.endpoint.completions_url)
             kept = previous_successes(summary_path, config, pre, public_url)
             cache = str(run_dir / ".request_cache" / request_cache_key(pre.model_settings))
-            worker = Worker(worker_env(opts.gpu, opts.log_level), run_dir / ".worker.log", cwd=opts.home)
+            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key), run_dir / ".worker.log", cwd=opts.home)
             to_run = plan.to_run
             for position, bench in enumerate(to_run, 1):
                 events.benchmark_started(bench, position, len(to_run))

@@ -101,6 +101,22 @@ def test_run_without_endpoint_is_a_usage_error(invoke, write_config, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("flag", ["--model", "--tokenizer"])
+def test_values_that_would_split_model_args_are_refused(invoke, write_config, flag):
+    """A comma in --model or --tokenizer would change lm-eval's --model_args parsing: usage error, exit 2."""
+    result = invoke("--dry-run", "--config", str(write_config(CONFIG)), flag, "a,b")
+    assert result.exit_code == 2
+    name = flag.lstrip("-")
+    assert result.stderr == (f"error: model argument {name}='a,b' contains a comma, '=' or whitespace, which "
+                             "lm-eval's --model_args cannot carry: rename the path or model so it has none\n")
+
+
+def test_named_api_key_variable_must_exist(invoke, write_config):
+    result = invoke("--dry-run", "--config", str(write_config(CONFIG)), "--api-key-env", "NOPE_KEY")
+    assert result.exit_code == 2
+    assert result.stderr == "error: --api-key-env NOPE_KEY: that environment variable is not set\n"
+
+
 def test_modes_cannot_be_combined(invoke, write_config):
     result = invoke("--dry-run", "--validate-config", "--config", str(write_config(CONFIG)))
     assert result.exit_code == 2

@@ -348,15 +348,17 @@ def test_second_run_on_same_output_exits_5(assets, write_config, tmp_path):
     lock.release()
 
 
-def test_credentials_never_reach_disk(assets, write_config, tmp_path):
-    """The API key from the environment is sent to the endpoint and appears in no file under the output folder."""
+@pytest.mark.parametrize("variable", ["OPENAI_API_KEY", "MY_ENDPOINT_KEY"])
+def test_credentials_never_reach_disk(assets, write_config, tmp_path, variable):
+    """The API key from the environment (OPENAI_API_KEY, or the variable --api-key-env names) is sent to the
+    endpoint and appears in no file under the output folder."""
     key = "sk-test-SECRET-4242"
     config = write_config(demo_config())
     with TestServer(assets["tokenizer"], "test-model", api_key=key,
                     answers={"favoured": sorted(FAVOURED), "generations": GENERATIONS}) as srv:
         done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
                        "--run-id", "sec", "--include-path", str(assets["tasks_dir"]), "--log-level", "DEBUG",
-                       env={"OPENAI_API_KEY": key})
+                       "--api-key-env", variable, env={variable: key})
     assert done.returncode == 0, done.stderr  # the server refuses requests without the key
     assert key not in done.stdout + done.stderr
     files = [p for p in (tmp_path / "o").rglob("*") if p.is_file()]
