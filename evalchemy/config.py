@@ -200,6 +200,15 @@ def _output_path_problem(value: str) -> str | None:
     return None
 
 
+def _kmmlu_hint(name: str, index) -> str:
+    """KMMLU has 45 subjects and no Insurance or Finance one: name the real subjects."""
+    if not name.lower().startswith("kmmlu_") or "kmmlu" not in index.groups:
+        return ""
+    subjects = sorted(task.removeprefix("kmmlu_") for task in index.leaf_tasks("kmmlu"))
+    return (f"; KMMLU has {len(subjects)} subjects, none named {name.removeprefix('kmmlu_')!r} "
+            f"(domain sets such as insurance are your own data in the KMMLU format): {', '.join(subjects)}")
+
+
 def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
     """(problems, warnings) that the schema cannot express. ``index`` answers which lm-eval task names exist;
     None skips that check."""
@@ -222,7 +231,7 @@ def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
         close = [c for c in [_close(name, extra_choices)] if c] + index.suggestions(name)
         hint = f" (did you mean {', '.join(repr(c) for c in dict.fromkeys(close))}?)" if close else ""
         where = "a task in this config's tasks section nor " if extra_choices is tasks else ""
-        problems.append(f"{location}: {name!r} is not {where}an lm-eval task{hint}")
+        problems.append(f"{location}: {name!r} is not {where}an lm-eval task{hint}{_kmmlu_hint(name, index)}")
 
     for bench_name, bench in mapping(data.get("benchmarks")).items():
         bench = mapping(bench)

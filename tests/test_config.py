@@ -134,3 +134,19 @@ def test_unreferenced_and_all_disabled_warnings(invoke, write_config):
         "warning: benchmarks.b: enabled, but every task it lists is disabled; it will be skipped\n"
         "warning: tasks.hellaswag: not listed by any benchmark, so it never runs\n"
     )
+
+
+def test_unknown_kmmlu_subject_lists_the_real_ones(invoke, write_config):
+    """KMMLU has no Insurance subject: the message lists the subjects lm-eval has."""
+    from evalchemy.taskindex import builtin_index
+
+    subjects = sorted(t.removeprefix("kmmlu_") for t in builtin_index().leaf_tasks("kmmlu"))
+    assert len(subjects) == 45 and "accounting" in subjects and "insurance" not in subjects
+    path = write_config({"benchmarks": {"kmmlu_domain": {"enabled": True, "tasks": ["kmmlu_insurance"]}}})
+    result = invoke("--validate-config", "--config", str(path))
+    assert result.exit_code == 2
+    line = result.stderr.splitlines()[1]
+    assert line.startswith("  benchmarks.kmmlu_domain.tasks[0]: 'kmmlu_insurance' is not a task in this config's "
+                           "tasks section nor an lm-eval task")
+    assert line.endswith("; KMMLU has 45 subjects, none named 'insurance' (domain sets such as insurance are your "
+                         f"own data in the KMMLU format): {', '.join(subjects)}")
