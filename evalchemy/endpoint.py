@@ -61,6 +61,8 @@ def normalize(url: str) -> Endpoint:
             f"--endpoint {raw!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
             "(or 'local' for the embedded model)"
         )
+    if "," in raw:
+        raise UsageError(f"--endpoint {_redact(raw)!r}: a URL with a comma cannot be passed to lm-eval")
     if parts.username is not None or parts.password is not None:
         raise UsageError(
             f"--endpoint {_redact(raw)!r}: credentials in the URL are not supported (lm-eval sends its own "

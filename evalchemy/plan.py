@@ -168,7 +168,7 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
 # The lm-eval invocation, as a command line and as simple_evaluate() arguments
 
 
-_MODEL_ARG_VALUE = re.compile(r"^[^,=\s]*$")
+_MODEL_ARG_VALUE = re.compile(r"^[^,=]*$")
 
 
 def format_model_args(args: dict) -> str:
@@ -178,7 +178,7 @@ def format_model_args(args: dict) -> str:
         text = str(value)
         if not _MODEL_ARG_VALUE.match(text):
             raise UsageError(
-                f"model argument {key}={text!r} contains a comma, '=' or whitespace, which lm-eval's --model_args "
+                f"model argument {key}={text!r} contains a comma or '=', which lm-eval's --model_args "
                 "cannot carry: rename the path or model so it has none"
             )
         parts.append(f"{key}={text}")

@@ -31,6 +31,7 @@ from evalchemy.plan import (
     BenchmarkPlan,
     ModelSettings,
     Plan,
+    format_model_args,
     lm_eval_argv,
     request_cache_key,
     shell_line,
@@ -140,6 +141,10 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
         timeout=opts.request_timeout,
         max_length=max_length,
     )
+    try:
+        format_model_args(settings.model_args())
+    except UsageError as err:  # e.g. a comma in the model folder the server reports
+        raise PreflightError(str(err)) from None
     return Preflight(endpoint=ep, model=model["id"], tokenizer=tokenizer, model_settings=settings)
 
 
@@ -200,7 +205,7 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
     return record
 
 
-def previous_successes(summary_path: Path, config: Config, pre: Preflight, public_url: str) -> dict[str, dict]:
+def previous_successes(summary_path: Path, config: Config, pre: Preflight, endpoint: str) -> dict[str, dict]:
     """Benchmarks an earlier attempt of this run id finished successfully, with the same config, endpoint and model,
     and whose files are all still there: a resumed run keeps them instead of running them again."""
     try:
@@ -208,7 +213,7 @@ def previous_successes(summary_path: Path, config: Config, pre: Preflight, publi
     except (OSError, ValueError):
         return {}
     same = (previous.get("config", {}).get("sha256") == config.sha256 and previous.get("model") == pre.model
-            and previous.get("endpoint") in (public_url, LOCAL_ENDPOINT))
+            and previous.get("endpoint") == endpoint)
     if not same:
         logger.warning("an earlier attempt of this run id used another config, endpoint or model: "
                        "every benchmark runs again")
@@ -266,8 +271,10 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             logger.error("preflight failed, nothing was run: %s", err)
         if pre is not None:
             public_url = endpoint_mod.strip_credentials(pre.endpoint.completions_url)
-            kept = previous_successes(summary_path, config, pre, public_url)
-            cache = str(run_dir / ".request_cache" / request_cache_key(pre.model_settings))
+            endpoint_id = LOCAL_ENDPOINT if local else public_url  # the embedded server's port changes every run
+            kept = previous_successes(summary_path, config, pre, endpoint_id)
+            cache = str(run_dir / ".request_cache" /
+                        request_cache_key(replace(pre.model_settings, base_url=endpoint_id)))
             worker = Worker(worker_env(opts.gpu, opts.log_level, api_key), run_dir / ".worker.log", cwd=opts.home)
             to_run = plan.to_run
             for position, bench in enumerate(to_run, 1):

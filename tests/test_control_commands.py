@@ -107,7 +107,7 @@ def test_values_that_would_split_model_args_are_refused(invoke, write_config, fl
     result = invoke("--dry-run", "--config", str(write_config(CONFIG)), flag, "a,b")
     assert result.exit_code == 2
     name = flag.lstrip("-")
-    assert result.stderr == (f"error: model argument {name}='a,b' contains a comma, '=' or whitespace, which "
+    assert result.stderr == (f"error: model argument {name}='a,b' contains a comma or '=', which "
                              "lm-eval's --model_args cannot carry: rename the path or model so it has none\n")
 
 

@@ -174,3 +174,12 @@ def test_server_dying_mid_run_fails_the_benchmark_and_is_reaped(tmp_path):
     assert summary["benchmarks"]["opposites"]["status"] == "failed"  # attempted, not skipped
     assert summary["order"] == ["english_mc", "opposites"]
     assert not Path(f"/proc/{servers[0]}").exists()
+
+
+def test_local_runs_resume_although_the_port_changes(tmp_path):
+    """The embedded server listens on a new port each run; re-running the run id still keeps what succeeded."""
+    first = _run_demo(tmp_path, {"opposites"})
+    second = _run_demo(tmp_path, {"opposites"})
+    assert first["benchmarks"]["opposites"]["resumed"] is False
+    assert second["benchmarks"]["opposites"]["resumed"] is True
+    assert second["benchmarks"]["opposites"]["metrics"] == first["benchmarks"]["opposites"]["metrics"]
