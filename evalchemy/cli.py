@@ -276,6 +276,9 @@ class EvalchemyCommand(click.Command):
                    "is logged and does not change the exit code.")
 @click.option("--max-failed-requests", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="A benchmark with more requests than this that got an empty answer is failed.")
+@click.option("--online", is_flag=True,
+              help="Let lm-eval download datasets and tokenizers from the hub. By default runs are offline and stop "
+                   "before the first benchmark when a dataset is not on this machine.")
 @click.option("--fresh", is_flag=True,
               help="Start this run id over: delete its folder first. Without it, re-running a run id keeps the "
                    "benchmarks that succeeded and re-sends no request already answered.")
@@ -287,7 +290,7 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, api_key_env, notify_url, max_failed_requests, fresh, list_benchmarks, validate_config, dry_run, log_level):
+        request_timeout, include_paths, api_key_env, notify_url, max_failed_requests, online, fresh, list_benchmarks, validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -385,6 +388,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         request_timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
         log_level=log_level,
         max_failed_requests=max_failed_requests,
+        online=online,
         home=home(),
     )
     from evalchemy.lock import RunLock
@@ -397,7 +401,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
 
             shutil.rmtree(opts.run_dir)
         attach_run_logs(opts.run_dir, run_id, log_level)
-        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key)
+        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index)
         if notify_url:
             from evalchemy.notify import notify
 

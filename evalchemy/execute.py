@@ -136,10 +136,16 @@ class Worker:
                 pass
 
 
-def worker_env(gpu: str | None, log_level: str, api_key: str | None = None) -> dict[str, str]:
-    """The worker's environment: offline, its GPUs, and the API key where lm-eval reads it (OPENAI_API_KEY)."""
+def worker_env(gpu: str | None, log_level: str, api_key: str | None = None, online: bool = False) -> dict[str, str]:
+    """The worker's environment: offline (unless ``online``), its GPUs, and the API key where lm-eval reads it."""
     env = {k: v for k, v in os.environ.items()}
-    env.update(OFFLINE_ENV)
+    if online:
+        for name in OFFLINE_ENV:
+            if name.endswith("OFFLINE"):
+                env.pop(name, None)
+        env["TOKENIZERS_PARALLELISM"] = OFFLINE_ENV["TOKENIZERS_PARALLELISM"]
+    else:
+        env.update(OFFLINE_ENV)
     if api_key:
         env["OPENAI_API_KEY"] = api_key
     env["EVALCHEMY_WORKER_LOG_LEVEL"] = "DEBUG" if log_level == "DEBUG" else "INFO"

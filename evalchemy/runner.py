@@ -13,6 +13,7 @@ from pathlib import Path
 
 from evalchemy import collect, endpoint as endpoint_mod
 from evalchemy.config import Config
+from evalchemy.data import missing_datasets
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
     EXIT_OK,
@@ -78,6 +79,7 @@ class RunOptions:
     max_retries: int = DEFAULT_MAX_RETRIES
     log_level: str = "INFO"
     max_failed_requests: int = 0
+    online: bool = False  # let lm-eval download datasets and tokenizers from the hub
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
 
     @property
@@ -239,7 +241,7 @@ def _public(settings: ModelSettings, public_url: str) -> ModelSettings:
 
 
 def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None = None,
-            api_key: str | None = None) -> RunResult:
+            api_key: str | None = None, index=None) -> RunResult:
     """Run the plan. The caller has validated the config and attached the run log handlers."""
     events = events or Events()
     run_dir = opts.run_dir
@@ -260,6 +262,13 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     local = opts.endpoint == LOCAL_ENDPOINT
     try:
         try:
+            if index is not None and not opts.online:
+                missing = missing_datasets(plan, index, opts.home or Path.cwd())
+                if missing:
+                    raise PreflightError(
+                        "datasets missing on this machine (runs are offline):\n  " + "\n  ".join(missing) +
+                        "\ncopy them here (local files, or the Hugging Face cache), or pass --online to let lm-eval "
+                        "download them")
             if local:
                 server = LocalServer(run_dir / "local_model_server.log").start()
                 opts = replace(opts, endpoint=server.completions_url,
@@ -275,7 +284,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             kept = previous_successes(summary_path, config, pre, endpoint_id)
             cache = str(run_dir / ".request_cache" /
                         request_cache_key(replace(pre.model_settings, base_url=endpoint_id)))
-            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key), run_dir / ".worker.log", cwd=opts.home)
+            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online), run_dir / ".worker.log",
+                            cwd=opts.home)
             to_run = plan.to_run
             for position, bench in enumerate(to_run, 1):
                 events.benchmark_started(bench, position, len(to_run))

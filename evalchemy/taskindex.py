@@ -22,7 +22,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 2
+INDEX_FORMAT = 3
 LOGLIKELIHOOD_TYPES = {"multiple_choice", "loglikelihood", "loglikelihood_rolling"}
 _KEY_LINE = re.compile(r"^[\"']?([A-Za-z_][A-Za-z0-9_]*)[\"']?:\s*(.*?)\s*$")
 _LIST_ITEM = re.compile(r"^\s*-\s*(?:task:\s*)?(.*?)\s*$")
@@ -158,7 +158,8 @@ def scan_folder(folder: Path) -> TaskIndex:
                 index.groups[group] = {"dir": dirpath, "members": members}
                 continue
             if isinstance(task, str) and task:
-                index.tasks[task] = {"dir": dirpath, "output_type": keys.get("output_type", "generate_until")}
+                index.tasks[task] = {"dir": dirpath, "file": filename,
+                                     "output_type": keys.get("output_type", "generate_until")}
                 tags = keys.get("tag", [])
                 for tag in [tags] if isinstance(tags, str) else tags:
                     members = index.tags.setdefault(tag, [])

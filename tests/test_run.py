@@ -171,12 +171,12 @@ def test_full_run_through_the_entrypoint(assets, server, write_config, tmp_path)
 
 
 def test_failed_benchmark_does_not_stop_the_run(assets, server, write_config, tmp_path):
-    """A benchmark whose dataset is missing fails; the next one still runs; exit 4, status partial."""
+    """A benchmark whose task template is broken fails; the next one still runs; exit 4, status partial."""
     broken = assets["tasks_dir"].parent / "broken_tasks"
     broken.mkdir(exist_ok=True)
     (broken / "broken.yaml").write_text(
         (assets["tasks_dir"] / "capitals.yaml").read_text().replace("demo_capitals", "demo_broken")
-        .replace("capitals.jsonl", "missing.jsonl"))
+        .replace('"Question: {{question}}', '"Question: {{question | no_such_filter}}'))
     config = write_config({
         "benchmarks": {"broken": {"enabled": True, "tasks": ["demo_broken"]},
                        "capitals": {"enabled": True, "tasks": ["demo_capitals"]}},
@@ -508,3 +508,34 @@ def test_notify_url_receives_the_outcome_and_failures_do_not_change_the_exit_cod
     assert "SECRET-PATH" not in ok.stderr + down.stderr
     assert "SECRET-PATH" not in (tmp_path / "o" / "n2" / "evalchemy_errors_n2.log").read_text() + \
         (tmp_path / "o" / "n2" / "evalchemy_n2.log").read_text()
+
+
+def test_missing_datasets_stop_the_run_before_any_request(assets, server, write_config, tmp_path):
+    """Offline by default: a missing local file and a hub dataset that is not cached are both named, exit 3, and no
+    request is sent; --online lifts the check (the run then fails in lm-eval: exit 4)."""
+    missing = assets["tasks_dir"].parent / "missing_tasks"
+    missing.mkdir(exist_ok=True)
+    (missing / "gone.yaml").write_text(
+        (assets["tasks_dir"] / "capitals.yaml").read_text().replace("demo_capitals", "demo_gone")
+        .replace("capitals.jsonl", "gone.jsonl"))
+    config = write_config({"benchmarks": {"gone": {"enabled": True, "tasks": ["demo_gone"]},
+                                          "arc": {"enabled": True, "tasks": ["arc_easy"]},
+                                          "capitals": {"enabled": True, "tasks": ["demo_capitals"]}}})
+    common = ["--endpoint", server.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+              "--include-path", str(assets["tasks_dir"]), "--include-path", str(missing)]
+    done = run_cli(*common, "--run-id", "offline")
+    assert done.returncode == 3, done.stderr
+    assert ("datasets missing on this machine (runs are offline):\n"
+            f"  gone: task demo_gone: data file {assets['data_dir'] / 'gone.jsonl'} not found\n"
+            "  arc: task arc_easy: dataset 'allenai/ai2_arc' is not on this machine (not a local folder, not in the "
+            "Hugging Face caches)\n"
+            "copy them here (local files, or the Hugging Face cache), or pass --online to let lm-eval download them"
+            ) in done.stderr
+    assert server.requests == []
+    config = write_config({"benchmarks": {"gone": {"enabled": True, "tasks": ["demo_gone"]},
+                                          "capitals": {"enabled": True, "tasks": ["demo_capitals"]}}}, "online.json")
+    online = run_cli(*common[:2], "--config", str(config), *common[4:], "--run-id", "online", "--online")
+    assert online.returncode == 4, online.stderr
+    summary = json.loads((tmp_path / "o" / "online" / "evalchemy_summary_online.json").read_text())
+    assert summary["benchmarks"]["gone"]["status"] == "failed"
+    assert summary["benchmarks"]["capitals"]["status"] == "success"

@@ -1,0 +1,92 @@
+"""Offline data preflight: before the first benchmark starts, every enabled task's dataset must be on this machine
+(local files, a local folder, or the Hugging Face caches), so a missing one stops the run with one message instead
+of failing benchmark after benchmark after lm-eval has tried the hub."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FILE_BUILDERS = {"json", "csv", "parquet", "arrow", "text"}
+
+
+def _load_yaml(path: Path) -> dict:
+    """A task YAML, with lm-eval's ``!function`` and other tags read as plain values."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 - SafeLoader subclass
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def task_dataset(task_file: Path, _depth: int = 0) -> dict:
+    """dataset_path, dataset_name, dataset_kwargs of a task YAML, following ``include:``."""
+    data = _load_yaml(task_file)
+    include = data.get("include")
+    if isinstance(include, str) and _depth < 5:
+        base = task_dataset(task_file.parent / include, _depth + 1)
+        data = {**base, **data}
+    return {k: data.get(k) for k in ("dataset_path", "dataset_name", "dataset_kwargs")}
+
+
+def _files(data_files) -> list[str]:
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, list):
+        return [f for f in data_files if isinstance(f, str)]
+    if isinstance(data_files, dict):
+        return [f for value in data_files.values() for f in _files(value)]
+    return []
+
+
+def hf_datasets_cached(repo_id: str) -> bool:
+    home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or home / "hub").expanduser()
+    candidates = [datasets_cache / repo_id.replace("/", "___"), datasets_cache / repo_id.replace("/", "___").lower(),
+                  hub_cache / ("datasets--" + repo_id.replace("/", "--"))]
+    return any(c.is_dir() for c in candidates)
+
+
+def missing_datasets(plan, index, home: Path) -> list[str]:
+    """One line per task of the plan whose data is not on this machine."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    for bench in plan.to_run:
+        for run in bench.runs:
+            for name in run.tasks:
+                for task in index.leaf_tasks(name):
+                    if task in seen or "file" not in index.tasks.get(task, {}):
+                        continue
+                    seen.add(task)
+                    entry = index.tasks[task]
+                    info = task_dataset(Path(entry["dir"]) / entry["file"])
+                    problem = _problem(task, info, home)
+                    if problem:
+                        problems.append(f"{bench.name}: {problem}")
+    return problems
+
+
+def _problem(task: str, info: dict, home: Path) -> str | None:
+    path = info.get("dataset_path")
+    if not isinstance(path, str) or not path:
+        return None  # a custom loader: nothing to check here
+    if path in FILE_BUILDERS:
+        kwargs = info.get("dataset_kwargs") or {}
+        missing = [f for f in _files(kwargs.get("data_files")) if not (home / f).expanduser().exists()]
+        return f"task {task}: data file {missing[0]} not found" + \
+            (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") if missing else None
+    if (home / path).expanduser().exists():
+        return None
+    if hf_datasets_cached(path):
+        return None
+    return f"task {task}: dataset {path!r} is not on this machine (not a local folder, not in the Hugging Face caches)"
