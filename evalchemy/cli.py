@@ -134,6 +134,44 @@ def print_benchmarks(cfg, plan) -> None:
     Console(highlight=False, soft_wrap=False, width=max(160, Console().width)).print(table)
 
 
+def dry_run_settings(plan, endpoint_urls, local, model, tokenizer, concurrency, request_timeout, max_length):
+    """The model settings the commands show: what is known without the network, placeholders (noted on stderr)
+    for what a run resolves from the server."""
+    from dataclasses import replace
+
+    from evalchemy import plan as plan_mod
+
+    if endpoint_urls:
+        base_url = endpoint_urls.completions_url
+    elif local:
+        base_url = "LOCAL_SERVER_URL"
+        click.echo("note: --endpoint local: LOCAL_SERVER_URL is the embedded server's 127.0.0.1 address, "
+                   "chosen at run time", err=True)
+    else:
+        base_url = "ENDPOINT_URL"
+        click.echo("note: no --endpoint given: the commands show ENDPOINT_URL", err=True)
+    needs_tokenizer = bool(tokenizer or plan.needs_loglikelihood)
+    settings = plan_mod.ModelSettings(
+        base_url=base_url, model=model or "MODEL",
+        tokenizer=tokenizer or ("TOKENIZER" if plan.needs_loglikelihood else None),
+        tokenizer_backend="huggingface" if needs_tokenizer else "none",
+        tokenized_requests=needs_tokenizer,
+        num_concurrent=concurrency or plan_mod.DEFAULT_CONCURRENCY,
+        timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
+        max_length=max_length or plan_mod.DEFAULT_MAX_LENGTH,
+    )
+    if local:
+        from evalchemy.local_model import MODEL_ID, tokenizer_dir
+
+        return replace(settings, model=model or MODEL_ID, tokenizer=tokenizer or str(tokenizer_dir()),
+                       tokenizer_backend="huggingface", tokenized_requests=False, num_concurrent=1)
+    if not model:
+        click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)
+    if settings.tokenizer == "TOKENIZER":
+        click.echo("note: TOKENIZER is resolved offline at run time (or pass --tokenizer)", err=True)
+    return settings
+
+
 def print_dry_run(plan, settings, run_dir: Path, out) -> None:
     from evalchemy.plan import lm_eval_argv, shell_line
 
@@ -290,7 +328,8 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, api_key_env, notify_url, max_failed_requests, online, fresh, list_benchmarks, validate_config, dry_run, log_level):
+        request_timeout, include_paths, api_key_env, notify_url, max_failed_requests, online, fresh, list_benchmarks,
+        validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -344,35 +383,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if dry_run:
         for warning in cfg.warnings:
             click.echo(f"warning: {warning}", err=True)
-        if endpoint_urls:
-            base_url = endpoint_urls.completions_url
-        elif local:
-            base_url = "LOCAL_SERVER_URL"
-            click.echo("note: --endpoint local: LOCAL_SERVER_URL is the embedded server's 127.0.0.1 address, "
-                       "chosen at run time", err=True)
-        else:
-            base_url = "ENDPOINT_URL"
-            click.echo("note: no --endpoint given: the commands show ENDPOINT_URL", err=True)
-        settings = plan_mod.ModelSettings(
-            base_url=base_url, model=model or "MODEL", tokenizer=tokenizer or ("TOKENIZER" if plan.needs_loglikelihood
-                                                                                 else None),
-            tokenizer_backend="huggingface" if (tokenizer or plan.needs_loglikelihood) else "none",
-            tokenized_requests=bool(tokenizer or plan.needs_loglikelihood),
-            num_concurrent=concurrency or plan_mod.DEFAULT_CONCURRENCY,
-            timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
-            max_length=max_length or plan_mod.DEFAULT_MAX_LENGTH,
-        )
-        if local:
-            from dataclasses import replace
-
-            from evalchemy.local_model import MODEL_ID, tokenizer_dir
-
-            settings = replace(settings, model=model or MODEL_ID, tokenizer=tokenizer or str(tokenizer_dir()),
-                               tokenizer_backend="huggingface", tokenized_requests=False, num_concurrent=1)
-        elif not model:
-            click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)
-        if settings.tokenizer == "TOKENIZER":
-            click.echo("note: TOKENIZER is resolved offline at run time (or pass --tokenizer)", err=True)
+        settings = dry_run_settings(plan, endpoint_urls, local, model, tokenizer, concurrency, request_timeout,
+                                    max_length)
         print_dry_run(plan, settings, output / run_id, sys.stdout)
         return
 
