@@ -92,6 +92,18 @@ def write_tasks(folder: Path) -> dict:
             "  version: 1\n",
             encoding="utf-8",
         )
+    (tasks / "kmmlu_group.yaml").write_text(
+        "group: demo_kmmlu_group\n"
+        "task:\n"
+        "  - demo_kmmlu_insurance\n"
+        "  - demo_kmmlu_finance\n"
+        "aggregate_metric_list:\n"
+        "  - metric: acc\n"
+        "    weight_by_size: true\n"
+        "metadata:\n"
+        "  version: 1\n",
+        encoding="utf-8",
+    )
     _write_jsonl(data / "echo.jsonl", [{"question": f"Repeat the word {w} please", "target": t}
                                        for w, t in ECHO_WORDS])
     (tasks / "echo.yaml").write_text(

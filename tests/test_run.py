@@ -539,3 +539,22 @@ def test_missing_datasets_stop_the_run_before_any_request(assets, server, write_
     summary = json.loads((tmp_path / "o" / "online" / "evalchemy_summary_online.json").read_text())
     assert summary["benchmarks"]["gone"]["status"] == "failed"
     assert summary["benchmarks"]["capitals"]["status"] == "success"
+
+
+def test_lm_eval_group_fills_the_breakdown_per_subject(assets, server, write_config, tmp_path):
+    """A benchmark running an lm-eval group reports the group's score and one breakdown entry per subtask."""
+    config = write_config({"benchmarks": {"kmmlu": {"enabled": True, "tasks": ["demo_kmmlu_group"]}}})
+    done = run_cli("--endpoint", server.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
+                   "--run-id", "grp", "--include-path", str(assets["tasks_dir"]))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "o" / "grp" / "evalchemy_summary_grp.json").read_text())
+    ins, fin = expected_korean("insurance"), expected_korean("finance")
+    n_ins, n_fin = len(taskdata.KOREAN["insurance"][1]), len(taskdata.KOREAN["finance"][1])
+    weighted = (ins * n_ins + fin * n_fin) / (n_ins + n_fin)
+    assert summary["breakdown"]["benchmark"] == {
+        "kmmlu_accuracy": pytest.approx(weighted),
+        "kmmlu_subject_accuracy": {"demo_kmmlu_insurance": pytest.approx(ins),
+                                   "demo_kmmlu_finance": pytest.approx(fin)},
+    }
+    metrics = summary["benchmarks"]["kmmlu"]["metrics"]
+    assert metrics["demo_kmmlu_group"]["acc"]["value"] == pytest.approx(weighted)  # lm-eval's size-weighted group
