@@ -1,28 +1,57 @@
 """A small, deterministic stand-in for vLLM's OpenAI-compatible server, for tests and benchmarks.
 
-It answers what lm-eval's ``local-completions`` sends, in vLLM's shapes (see DESIGN.md):
+It answers what lm-eval's ``local-completions`` sends, in vLLM's shapes (see DESIGN.md), on 127.0.0.1 only:
 
-- ``GET /v1/models``: one model with ``root`` and ``max_model_len``.
+- ``GET /v1/models``: one model (plus ``extra_models``) with ``root`` and ``max_model_len``.
 - ``POST /v1/completions``: ``prompt`` as a string, a list of strings, token ids, or a list of token-id lists; one
-  choice per prompt. With ``echo`` + ``logprobs`` it returns prompt log-probabilities (first ``None``, as vLLM) plus
-  one generated token, which lm-eval drops.
+  choice per prompt, ``index`` in order. With ``echo`` + ``logprobs`` (lm-eval's log-likelihood request) it returns
+  the prompt's log-probabilities (the first ``None``, as vLLM) plus ONE generated token, ``</s>``, which lm-eval
+  drops (``[ctxlen:-1]``). Without ``echo`` it generates text by rule. Like vLLM it refuses (400) a prompt whose
+  length plus ``max_tokens`` exceeds ``max_model_len``, an unknown token id and an empty prompt; an unknown model
+  is a 404 ``NotFoundError``. Error bodies are vLLM's ``{"object": "error", "message", "type", "param", "code"}``.
 - ``GET /tokenizer_info``, ``POST /tokenize`` and ``POST /detokenize`` only with ``tokenizer_endpoints=True`` (vLLM
-  serves them only with ``--enable-tokenizer-info-endpoint``).
+  serves them only with ``--enable-tokenizer-info-endpoint``); otherwise they are 404, like every unknown path
+  (``{"detail": "Not Found"}``, FastAPI's body). ``GET /health`` answers 200.
+- ``api_key``: as vLLM's ``--api-key``, paths under ``/v1`` need ``Authorization: Bearer <key>``, else 401
+  ``{"error": "Unauthorized"}``; the other paths (``/health``, ``/tokenize``, ...) stay open.
 
-Behaviour (``answers``), simple enough for a test to recompute every score:
+Behaviour (``answers``, a dict or ``--answers FILE``), simple enough for a test to recompute every score::
 
-- log-likelihood: every token's log-probability is ``favoured_logprob`` (default -0.1) when the token's text is in
-  ``favoured``, else ``default_logprob`` (default -2.0);
-- generation: the first rule of ``generations`` (``{"contains": s, "text": t}``) whose ``contains`` occurs in the
-  prompt gives the text, else ``default_generation``; then ``stop`` strings cut it and ``max_tokens`` caps it.
+    {"favoured": ["Paris", "A"], "favoured_logprob": -0.1, "default_logprob": -2.0,
+     "generations": [{"contains": "capital of France", "text": " Paris\\nQuestion"}],
+     "default_generation": "I do not know"}
 
-Faults, for tests of an unattended runner: ``fail_first`` (the first N completions requests get HTTP 500),
-``fail_status`` (every one gets that status), ``hang`` (seconds to sleep before answering, once ``hang_after``
-requests have been answered), ``malformed``
-(invalid JSON), ``no_logprobs`` (``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``die_after`` (the process exits after N answers), and
-``api_key`` (401 without ``Authorization: Bearer <key>``); ``latency`` and ``capacity`` model a real server's speed.
+- log-likelihood: every token's log-probability is ``favoured_logprob`` when the token's text (a word or a single
+  punctuation character, see ``build_test_tokenizer``) is in ``favoured``, else ``default_logprob``. Each
+  ``top_logprobs`` entry holds the chosen token and, when the chosen token's log-probability is below
+  ``favoured_logprob``, the alphabetically first favoured word with ``favoured_logprob`` (so lm-eval's
+  ``is_greedy`` is false exactly when some token of the continuation is not favoured). The generated ``</s>``
+  gets its log-probability by the same rule; being generated, it is the greedy choice (its ``top_logprobs`` hold
+  only itself).
+- generation: the text of the first ``generations`` rule whose ``contains`` occurs in the prompt, else
+  ``default_generation``. The prompt is the string sent, or for token ids the tokens joined with single spaces;
+  a rule also matches word by word (both sides split by the tokenizer's pre-tokenizer and joined with single
+  spaces), so ``"capital of France?"`` matches a string prompt and the same prompt sent as token ids. Then the
+  text is cut before the earliest ``stop`` string (``finish_reason`` ``"stop"``, ``stop_reason`` the string) and
+  capped at ``max_tokens`` tokens counted by the tokenizer (``"length"``); a text that ends by itself is
+  ``"stop"``. ``max_tokens`` defaults to 16 as in vLLM.
 
-Run it alone with ``python -m evalchemy.testserver --tokenizer DIR``; it prints ``listening on URL`` when ready.
+Faults, for tests of an unattended runner (completions requests only): ``fail_first`` (the first N get HTTP 500),
+``fail_status`` (every one gets that status), ``hang`` (seconds to wait before answering, once ``hang_after``
+requests have arrived; a stop ends the wait), ``malformed`` (200 with invalid JSON), ``no_logprobs``
+(``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``die_after`` (after N answers the
+server dies: in-process it closes its socket and every connection; as a process, with ``--die-after``, it exits
+at once with status 1). ``latency`` (seconds per completions request, the work included) and ``capacity``
+(requests processed at once; the others wait) model a real server's speed.
+
+In-process::
+
+    with TestServer(tokenizer_dir, "test-model", answers={...}) as srv:
+        srv.completions_url; srv.requests  # the parsed bodies of the completions requests, in arrival order
+
+As a process: ``python -m evalchemy.testserver --tokenizer DIR [--model-name NAME] [--port 0] [--ready-file F]
+[--request-log F] [--max-seconds 600] [one flag per option]``. It prints exactly one line, ``listening on
+http://127.0.0.1:PORT``, once ready and serves until SIGTERM, SIGINT or ``--max-seconds``.
 """
 
 from __future__ import annotations
@@ -31,41 +60,71 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
-SPECIALS = ["[UNK]", "<s>", "</s>"]
-PUNCTUATION = "?!.,:;'\"()[]{}"
+UNK, BOS, EOS = "[UNK]", "<s>", "</s>"
+SPECIALS = (UNK, BOS, EOS)
+GENERATED_TOKEN = EOS  # the one token an echo request generates after the prompt
+DEFAULT_MAX_TOKENS = 16  # vLLM's default for /v1/completions
+MAX_BODY_BYTES = 64 * 1024 * 1024
+IDLE_CONNECTION_S = 120  # a keep-alive connection with no request for this long is closed
+VERSION = "0.0.0+evalchemy.testserver"
+
+
+# -- tokenizer -----------------------------------------------------------------------------------------------------
+
+
+def _pre_tokenizer():
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
 
 
 def build_test_tokenizer(folder: Path, texts: Iterable[str]) -> Path:
-    """A Hugging Face fast tokenizer (word level, punctuation split off) covering every word of ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """Write a Hugging Face fast tokenizer covering every word of ``texts`` to ``folder`` and return it.
 
-    words: set[str] = set()
-    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    for text in texts:
-        words.update(piece for piece, _ in pre.pre_tokenize_str(text))
+    Word level: split on whitespace, each punctuation character its own token; ids are the special tokens
+    ``[UNK]`` 0, ``<s>`` 1, ``</s>`` 2, then the words sorted. Decoding joins tokens with single spaces. No
+    post-processor: ``add_special_tokens`` adds nothing. Same texts, same bytes; nothing is downloaded, and
+    ``transformers.AutoTokenizer.from_pretrained(folder)`` loads it offline.
+    """
+    from tokenizers import Tokenizer, decoders, models
+
+    folder = Path(folder)
+    pre = _pre_tokenizer()
+    words = {piece for text in texts for piece, _ in pre.pre_tokenize_str(text)}
     vocab = {token: i for i, token in enumerate(SPECIALS)}
     for word in sorted(words - set(SPECIALS)):
         vocab[word] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tokenizer.pre_tokenizer = pre
-    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # no token starts with "##": joins with " "
+    tokenizer.add_special_tokens(list(SPECIALS))
     folder.mkdir(parents=True, exist_ok=True)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(str(folder))
+    tokenizer.save(str(folder / "tokenizer.json"))
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **special}
+    for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
+        (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return folder
+
+
+# -- behaviour -----------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Answers:
+    """The deterministic model: see the module docstring."""
+
     favoured: set[str] = field(default_factory=set)
     favoured_logprob: float = -0.1
     default_logprob: float = -2.0
@@ -75,25 +134,77 @@ class Answers:
     @classmethod
     def from_dict(cls, data: dict | None) -> "Answers":
         data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"answers: unknown key(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        for rule in data.get("generations", []):
+            if not (isinstance(rule, dict) and isinstance(rule.get("contains"), str)
+                    and isinstance(rule.get("text"), str)):
+                raise ValueError(f"answers.generations: {rule!r} is not {{'contains': str, 'text': str}}")
         data["favoured"] = set(data.get("favoured", ()))
         return cls(**data)
 
     def logprob(self, token: str) -> float:
         return self.favoured_logprob if token in self.favoured else self.default_logprob
 
-    def generate(self, prompt: str) -> str:
+    def top_logprobs(self, token: str, logprob: float) -> dict[str, float]:
+        """The chosen token, plus a favoured word when that one is likelier (then the choice was not greedy)."""
+        top = {token: logprob}
+        if self.favoured and logprob < self.favoured_logprob:
+            top[min(self.favoured)] = self.favoured_logprob
+        return top
+
+    def generate(self, prompt: str, words: Callable[[str], str] = lambda s: s) -> str:
+        """The first rule whose ``contains`` is in ``prompt`` (as is, or word by word through ``words``)."""
+        prompt_words = None
         for rule in self.generations:
             if rule["contains"] in prompt:
+                return rule["text"]
+            prompt_words = words(prompt) if prompt_words is None else prompt_words
+            if words(rule["contains"]) in prompt_words:
                 return rule["text"]
         return self.default_generation
 
 
 def _error(message: str, kind: str, code: int) -> dict:
+    """vLLM's error body."""
     return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
 
 
+def _error_type(code: int) -> str:
+    known = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 429: "RateLimitError",
+             500: "InternalServerError", 503: "ServiceUnavailableError"}
+    if code in known:
+        return known[code]
+    try:
+        return HTTPStatus(code).phrase.replace(" ", "").replace("-", "") + "Error"
+    except ValueError:
+        return "Error"
+
+
+class _BadRequest(ValueError):
+    pass
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # a client that went away is not news
+        pass
+
+
+# -- server --------------------------------------------------------------------------------------------------------
+
+
 class TestServer:
-    """vLLM look-alike on 127.0.0.1. Use as a context manager, or ``start()`` / ``stop()``."""
+    """vLLM look-alike on 127.0.0.1. Use as a context manager, or ``start()`` / ``stop()``.
+
+    Attributes tests read: ``port``, ``base_url``, ``completions_url``, ``requests`` (parsed bodies of the
+    completions requests, appended under a lock in arrival order), ``timings`` ((arrival, answered) monotonic
+    times of each answered completions request), ``prompts_seen``. ``hang`` and the other options are plain
+    attributes a test may change while the server runs.
+    """
 
     __test__ = False  # not a pytest test class
 
@@ -101,12 +212,15 @@ class TestServer:
                  root: str | None = None, max_model_len: int = 2048, answers: dict | None = None,
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
-                 malformed: bool = False, null_text: bool = False,
-                 no_logprobs: bool = False, die_after: int | None = None, api_key: str | None = None,
-                 request_log: Path | None = None, extra_models: tuple[str, ...] = ()):
+                 malformed: bool = False, null_text: bool = False, no_logprobs: bool = False,
+                 die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
+                 request_log: Path | str | None = None, extra_models: Iterable[str] = ()):
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json"))
+        tokenizer_dir = Path(tokenizer_dir)
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        config_file = tokenizer_dir / "tokenizer_config.json"
+        self.tokenizer_config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
         self.model_name = model_name
         self.root = root if root is not None else str(tokenizer_dir)
         self.max_model_len = max_model_len
@@ -122,19 +236,21 @@ class TestServer:
         self.null_text = null_text
         self.no_logprobs = no_logprobs
         self.die_after = die_after
+        self.die_exits_process = die_exits_process
         self.api_key = api_key
-        self.request_log = request_log
+        self.request_log = Path(request_log) if request_log else None
         self.extra_models = tuple(extra_models)
         self.requests: list[dict] = []
-        self.timings: list[tuple[float, float]] = []  # (arrival, answer sent) of each completions request
+        self.timings: list[tuple[float, float]] = []
         self.prompts_seen = 0
         self._lock = threading.Lock()
         self._answered = 0
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._httpd.daemon_threads = True
+        self._closed = threading.Event()  # set by stop() and by an in-process death: ends hangs and waits
+        self._connections: set[socket.socket] = set()
+        self._httpd = _QuietHTTPServer(("127.0.0.1", port), self._handler())
         self._thread: threading.Thread | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------------------------------
+    # -- lifecycle ---------------------------------------------------------------------------------------------
 
     @property
     def port(self) -> int:
@@ -150,13 +266,29 @@ class TestServer:
 
     def start(self) -> "TestServer":
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+                                        name=f"testserver-{self.port}", daemon=True)
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        self._httpd.shutdown()
+    def _stop_listening(self) -> None:
+        with self._lock:
+            self._closed.set()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._httpd.shutdown()
+            thread.join(timeout=5)
         self._httpd.server_close()
+
+    def stop(self) -> None:
+        """Stop listening, end waiting requests and close every open connection. Safe to call twice."""
+        self._stop_listening()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> "TestServer":
         return self.start()
@@ -164,225 +296,441 @@ class TestServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # -- behaviour ------------------------------------------------------------------------------------------------
+    # -- tokens ------------------------------------------------------------------------------------------------
 
-    def _ids(self, prompt) -> list[int]:
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.id_to_token(token_id) or UNK
+
+    def _decode(self, ids: list[int]) -> str:
+        return " ".join(self._token(i) for i in ids)
+
+    def _words(self, text: str) -> str:
+        return " ".join(piece for piece, _ in self.tokenizer.pre_tokenizer.pre_tokenize_str(text))
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _check_ids(self, ids: list) -> list[int]:
+        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        for token_id in ids:
+            if not isinstance(token_id, int) or isinstance(token_id, bool):
+                raise _BadRequest(f"token ids must be integers, got {token_id!r}")
+            if not 0 <= token_id < vocab:
+                raise _BadRequest(f"Token id {token_id} is out of vocabulary")
+        return list(ids)
+
+    # -- /v1/completions ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _prompts(prompt) -> list:
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False).ids
-        return list(prompt)
+            return [prompt]
+        if isinstance(prompt, list) and prompt:
+            if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+                return [prompt]
+            if all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt):
+                return list(prompt)
+        raise _BadRequest("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
+                          "token ids")
 
-    def _text(self, ids: list[int]) -> str:
-        return " ".join(self.tokenizer.id_to_token(i) or "[UNK]" for i in ids)
+    def _check_length(self, n_prompt: int, max_tokens: int | None) -> None:
+        """vLLM's rule: the prompt plus max_tokens must fit in max_model_len (so a prompt of exactly
+        max_model_len tokens is refused when one token is asked for, as in a log-likelihood request)."""
+        limit = self.max_model_len
+        if max_tokens is None:
+            if n_prompt >= limit:
+                raise _BadRequest(f"This model's maximum context length is {limit} tokens. However, you requested "
+                                  f"{n_prompt} tokens in the messages, Please reduce the length of the messages.")
+        elif n_prompt + max_tokens > limit:
+            raise _BadRequest(f"This model's maximum context length is {limit} tokens. However, you requested "
+                              f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the "
+                              "completion). Please reduce the length of the messages or completion.")
+
+    def _logprobs(self, tokens: list[str], offsets: list[int], n_prompt: int) -> dict:
+        """Echoed prompt tokens (the first has none, as in vLLM) then generated ones, which are the greedy
+        choice at every step, so their top_logprobs hold only themselves."""
+        token_logprobs: list[float | None] = []
+        top: list[dict | None] = []
+        for i, token in enumerate(tokens):
+            lp = None if i == 0 and n_prompt else self.answers.logprob(token)
+            token_logprobs.append(lp)
+            top.append(None if lp is None else self.answers.top_logprobs(token, lp) if i < n_prompt else {token: lp})
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
 
     def _choice(self, index: int, prompt, body: dict) -> tuple[dict, int, int]:
-        ids = self._ids(prompt)
-        if len(ids) > self.max_model_len:
-            raise ValueError(f"This model's maximum context length is {self.max_model_len} tokens. However, you "
-                             f"requested {len(ids)} tokens in the prompt.")
-        text = prompt if isinstance(prompt, str) else self._text(ids)
-        max_tokens = body.get("max_tokens", 16)
-        if body.get("echo"):
-            generated = "</s>"
-            tokens = [self.tokenizer.id_to_token(i) or "[UNK]" for i in ids] + [generated]
-            logprobs = [None] + [self.answers.logprob(t) for t in tokens[1:]]
-            top = [None]
-            for token, lp in zip(tokens[1:], logprobs[1:]):
-                entry = {token: lp}
-                if lp < self.answers.favoured_logprob and self.answers.favoured:
-                    entry[sorted(self.answers.favoured)[0]] = self.answers.favoured_logprob
-                top.append(entry)
+        if isinstance(prompt, str):
+            encoding = self.tokenizer.encode(prompt, add_special_tokens=False)
+            ids, offsets, text = encoding.ids, [start for start, _ in encoding.offsets], prompt
+        else:
+            ids = self._check_ids(prompt)
+            tokens = [self._token(i) for i in ids]
             offsets, pos = [], 0
             for token in tokens:
                 offsets.append(pos)
                 pos += len(token) + 1
-            choice = {"index": index, "text": text + " " + generated, "finish_reason": "length",
-                      "stop_reason": None, "prompt_logprobs": None,
-                      "logprobs": None if self.no_logprobs else {
-                          "tokens": tokens, "token_logprobs": logprobs, "top_logprobs": top,
-                          "text_offset": offsets}}
-            return choice, len(ids), 1
-        answer = self.answers.generate(text)
-        finish = "length"
-        cut = len(answer)
-        for stop in body.get("stop") or []:
-            if stop and stop in answer:
-                cut = min(cut, answer.index(stop))
-                finish = "stop"
-        answer = answer[:cut]
-        out_ids = self.tokenizer.encode(answer, add_special_tokens=False).ids
-        if max_tokens and len(out_ids) > max_tokens:
-            kept = self.tokenizer.encode(answer, add_special_tokens=False).offsets[max_tokens - 1][1]
-            answer, finish = answer[:kept], "length"
-        elif finish != "stop":
-            finish = "stop"
-        return {"index": index, "text": None if self.null_text else answer, "logprobs": None, "finish_reason": finish,
-                "stop_reason": None, "prompt_logprobs": None}, len(ids), len(out_ids)
+            text = " ".join(tokens)
+        if not ids:
+            raise _BadRequest("The prompt cannot be empty")
+        max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 0):
+            raise _BadRequest(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
+        self._check_length(len(ids), max_tokens)
+        if max_tokens is None:
+            max_tokens = self.max_model_len - len(ids)
+        want_logprobs = body.get("logprobs") is not None and not self.no_logprobs
+        choice = {"index": index, "text": None, "logprobs": None, "finish_reason": None, "stop_reason": None,
+                  "prompt_logprobs": None}
+
+        if body.get("echo"):
+            # vLLM: the prompt echoed, then the generated token (</s>, a special token: no text)
+            generated = [GENERATED_TOKEN] if max_tokens >= 1 else []
+            tokens = [self._token(i) for i in ids] + generated
+            choice["text"] = text
+            choice["finish_reason"] = "stop" if generated else "length"
+            if want_logprobs:
+                choice["logprobs"] = self._logprobs(tokens, offsets + [len(text)] * len(generated), len(ids))
+            return choice, len(ids), len(generated)
+
+        answer = self.answers.generate(text, self._words)
+        stops = body.get("stop") or []
+        stops = [stops] if isinstance(stops, str) else stops
+        finish, stop_reason = "stop", None
+        hits = [(answer.index(s), s) for s in stops if isinstance(s, str) and s and s in answer]
+        if hits:
+            cut, stop_reason = min(hits)
+            answer = answer[:cut]
+        encoding = self.tokenizer.encode(answer, add_special_tokens=False)
+        n_out = len(encoding.ids)
+        if n_out > max_tokens:
+            answer = answer[:encoding.offsets[max_tokens - 1][1]] if max_tokens else ""
+            encoding = self.tokenizer.encode(answer, add_special_tokens=False)
+            n_out, finish, stop_reason = max_tokens, "length", None
+        choice.update(text=None if self.null_text else answer, finish_reason=finish, stop_reason=stop_reason)
+        if want_logprobs:
+            tokens = [self._token(i) for i in encoding.ids[:n_out]]
+            choice["logprobs"] = self._logprobs(tokens, [start for start, _ in encoding.offsets[:n_out]], 0)
+        return choice, len(ids), n_out
 
     def complete(self, body: dict) -> tuple[int, dict]:
-        if body.get("model") != self.model_name:
-            return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError", 404)
-        prompt = body.get("prompt")
-        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
-            prompts = [prompt]
-        elif isinstance(prompt, list) and prompt:
-            prompts = prompt
-        else:
-            return 400, _error("prompt must be a string, a list of strings or token ids", "BadRequestError", 400)
+        """Answer a ``/v1/completions`` body: (HTTP status, response body)."""
+        model = body.get("model")
+        if model is not None and model not in (self.model_name, *self.extra_models):
+            return 404, _error(f"The model `{model}` does not exist.", "NotFoundError", 404)
         choices, used_in, used_out = [], 0, 0
         try:
-            for i, p in enumerate(prompts):
-                choice, n_in, n_out = self._choice(i, p, body)
+            prompts = self._prompts(body.get("prompt"))
+            for i, prompt in enumerate(prompts):
+                choice, n_in, n_out = self._choice(i, prompt, body)
                 choices.append(choice)
                 used_in += n_in
                 used_out += n_out
-        except ValueError as err:
+        except _BadRequest as err:
             return 400, _error(str(err), "BadRequestError", 400)
         with self._lock:
             self.prompts_seen += len(prompts)
-        return 200, {"id": f"cmpl-{int(time.time() * 1000)}", "object": "text_completion",
-                     "created": int(time.time()), "model": self.model_name, "choices": choices,
-                     "usage": {"prompt_tokens": used_in, "completion_tokens": used_out,
-                               "total_tokens": used_in + used_out}}
+        return 200, {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                     "model": model or self.model_name, "choices": choices,
+                     "usage": {"prompt_tokens": used_in, "total_tokens": used_in + used_out,
+                               "completion_tokens": used_out, "prompt_tokens_details": None}}
+
+    # -- other endpoints ---------------------------------------------------------------------------------------
 
     def models(self) -> dict:
+        now = int(time.time())
         return {"object": "list", "data": [{
-            "id": name, "object": "model", "created": 1700000000, "owned_by": "vllm",
+            "id": name, "object": "model", "created": now, "owned_by": "vllm",
             "root": self.root if name == self.model_name else name, "parent": None,
             "max_model_len": self.max_model_len,
-            "permission": [{"id": "modelperm-test", "object": "model_permission", "created": 1700000000,
+            "permission": [{"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": now,
                             "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
                             "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
                             "organization": "*", "group": None, "is_blocking": False}],
         } for name in (self.model_name, *self.extra_models)]}
+
+    def tokenizer_info(self) -> dict:
+        """vLLM's ``/tokenizer_info``: the tokenizer's init kwargs (its tokenizer_config.json) and class."""
+        info = {key: value for key, value in self.tokenizer_config.items() if key != "added_tokens_decoder"}
+        info.update(tokenizer_class="PreTrainedTokenizerFast", model_max_length=self.max_model_len)
+        info.setdefault("bos_token", BOS)
+        info.setdefault("eos_token", EOS)
+        return info
+
+    def tokenize(self, body: dict) -> tuple[int, dict]:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            return 400, _error("/tokenize needs a string 'prompt' (this server has no chat template)",
+                               "BadRequestError", 400)
+        ids = self.encode(prompt)
+        strs = [self._token(i) for i in ids] if body.get("return_token_strs") else None
+        return 200, {"count": len(ids), "max_model_len": self.max_model_len, "tokens": ids, "token_strs": strs}
+
+    def detokenize(self, body: dict) -> tuple[int, dict]:
+        try:
+            ids = self._check_ids(body.get("tokens") or [])
+        except _BadRequest as err:
+            return 400, _error(str(err), "BadRequestError", 400)
+        return 200, {"prompt": self._decode(ids)}
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+
+    def _arrived(self, body: dict) -> int:
+        with self._lock:
+            self.requests.append(body)
+            number = len(self.requests)
+            if self.request_log:
+                with open(self.request_log, "a", encoding="utf-8") as log:
+                    log.write(json.dumps(body, ensure_ascii=False) + "\n")
+        return number
+
+    def _acquire(self) -> bool:
+        if self.capacity is None:
+            return True
+        while not self.capacity.acquire(timeout=0.05):
+            if self._closed.is_set():
+                return False
+        return True
+
+    def _count_answer(self) -> bool:
+        """Count an answer about to be sent; True when it is the last one before dying (die_after)."""
+        with self._lock:
+            self._answered += 1
+            return self.die_after is not None and self._answered == self.die_after
+
+    def _track(self, conn: socket.socket, alive: bool) -> None:
+        with self._lock:
+            if alive:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
 
     def _handler(self):
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            server_version = "uvicorn"
+            sys_version = ""
             disable_nagle_algorithm = True  # else small answers wait ~40 ms for delayed ACKs, like no real server
+            timeout = IDLE_CONNECTION_S
+
+            def setup(self) -> None:
+                super().setup()
+                server._track(self.connection, True)
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    server._track(self.connection, False)
 
             def log_message(self, *args) -> None:  # quiet
                 pass
 
             def _send(self, code: int, body: dict | bytes) -> None:
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                if code >= 400 and not self._body_read and (self.headers.get("Content-Length") or "0") != "0":
+                    self.close_connection = True  # the unread body must not be taken for the next request
+                data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _gone(self) -> bool:
+                """A stopped or dead server answers nothing: the client sees the connection close."""
+                if server._closed.is_set():
+                    self.close_connection = True
+                    return True
+                return False
+
+            def _path(self) -> str:
+                return self.path.split("?", 1)[0]
+
             def _authorized(self) -> bool:
-                if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
-                    self._send(401, _error("Unauthorized", "AuthenticationError", 401))
-                    return False
-                return True
+                if not server.api_key or not self._path().startswith("/v1"):
+                    return True
+                if self.headers.get("Authorization") == f"Bearer {server.api_key}":
+                    return True
+                self._send(401, {"error": "Unauthorized"})
+                return False
 
-            def _body(self) -> dict:
-                length = int(self.headers.get("Content-Length") or 0)
-                return json.loads(self.rfile.read(length) or b"{}")
+            def _json_body(self) -> dict | None:
+                """The request's JSON object, or None after answering 400/411/413."""
+                length = self.headers.get("Content-Length")
+                if length is None or not length.isdigit():
+                    self.close_connection = True
+                    self._send(411, _error("a Content-Length header is required", "LengthRequiredError", 411))
+                    return None
+                if int(length) > MAX_BODY_BYTES:
+                    self.close_connection = True
+                    self._send(413, _error(f"request body over {MAX_BODY_BYTES} bytes", "RequestTooLargeError",
+                                           413))
+                    return None
+                raw = self.rfile.read(int(length))
+                self._body_read = True
+                try:
+                    body = json.loads(raw)
+                except (ValueError, UnicodeDecodeError) as err:
+                    self._send(400, _error(f"JSON decode error: {err}", "BadRequestError", 400))
+                    return None
+                if not isinstance(body, dict):
+                    self._send(400, _error("the request body must be a JSON object", "BadRequestError", 400))
+                    return None
+                return body
 
-            def do_GET(self) -> None:  # noqa: N802
-                if not self._authorized():
+            def _route(self, method: str) -> None:
+                self._body_read = False
+                if self._gone() or not self._authorized():
                     return
-                if self.path == "/v1/models":
-                    self._send(200, server.models())
-                elif self.path == "/tokenizer_info" and server.tokenizer_endpoints:
-                    self._send(200, {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length":
-                                     server.max_model_len, "bos_token": "<s>", "eos_token": "</s>"})
-                elif self.path == "/health":
-                    self._send(200, b"")
-                else:
-                    self._send(404, _error("Not Found", "NotFoundError", 404))
-
-            def do_POST(self) -> None:  # noqa: N802
-                if not self._authorized():
-                    return
-                body = self._body()
-                if self.path in ("/tokenize", "/detokenize") and server.tokenizer_endpoints:
-                    if self.path == "/tokenize":
-                        ids = server._ids(body.get("prompt", ""))
-                        self._send(200, {"tokens": ids, "count": len(ids), "max_model_len": server.max_model_len})
+                path = self._path()
+                routes = {("GET", "/v1/models"), ("GET", "/health"), ("GET", "/version"),
+                          ("POST", "/v1/completions")}
+                if server.tokenizer_endpoints:
+                    routes |= {("GET", "/tokenizer_info"), ("POST", "/tokenize"), ("POST", "/detokenize")}
+                if (method, path) not in routes:
+                    if any(p == path for _, p in routes):
+                        self._send(405, {"detail": "Method Not Allowed"})
                     else:
-                        self._send(200, {"prompt": server._text(body.get("tokens", []))})
+                        self._send(404, {"detail": "Not Found"})
                     return
-                if self.path != "/v1/completions":
-                    self._send(404, _error("Not Found", "NotFoundError", 404))
+                if path == "/v1/models":
+                    self._send(200, server.models())
+                elif path == "/health":
+                    self._send(200, b"")
+                elif path == "/version":
+                    self._send(200, {"version": VERSION})
+                elif path == "/tokenizer_info":
+                    self._send(200, server.tokenizer_info())
+                elif path == "/v1/completions":
+                    self._completions()
+                else:
+                    body = self._json_body()
+                    if body is not None:
+                        self._send(*(server.tokenize(body) if path == "/tokenize" else server.detokenize(body)))
+
+            def _completions(self) -> None:
+                body = self._json_body()
+                if body is None:
                     return
                 arrived = time.monotonic()
-                with server._lock:
-                    server.requests.append(body)
-                    number = len(server.requests)
-                    if server.request_log:
-                        with open(server.request_log, "a", encoding="utf-8") as log:
-                            log.write(json.dumps(body) + "\n")
-                if server.capacity:
-                    server.capacity.acquire()
+                number = server._arrived(body)
+                if not server._acquire():
+                    self.close_connection = True
+                    return
+                dying = False
                 try:
                     started = time.monotonic()
                     if server.hang and number > server.hang_after:
-                        time.sleep(server.hang)
+                        server._closed.wait(server.hang)
+                    if self._gone():
+                        return
                     if number <= server.fail_first or server.fail_status:
                         code = server.fail_status or 500
-                        answer = code, _error("injected failure", "InternalServerError", code)
+                        answer = code, _error("injected failure", _error_type(code), code)
                     elif server.malformed:
                         answer = 200, b'{"choices": [ this is not json'
                     else:
                         answer = server.complete(body)
                     # the latency includes the work, as a real server's does
-                    time.sleep(max(0.0, server.latency - (time.monotonic() - started)))
+                    server._closed.wait(max(0.0, server.latency - (time.monotonic() - started)))
+                    if self._gone():
+                        return
+                    dying = server._count_answer()
+                    if dying and not server.die_exits_process:
+                        server._stop_listening()  # before answering, so the next connection is refused
+                    with server._lock:  # before the write, so a client that has its answer sees it counted
+                        server.timings.append((arrived, time.monotonic()))
                     self._send(*answer)
                 finally:
-                    if server.capacity:
+                    if server.capacity is not None:
                         server.capacity.release()
-                with server._lock:
-                    server.timings.append((arrived, time.monotonic()))
-                    server._answered += 1
-                    if server.die_after is not None and server._answered >= server.die_after:
-                        os._exit(1)
+                    if dying:
+                        if server.die_exits_process:
+                            os._exit(1)
+                        server.stop()
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._route("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._route("POST")
+
+            def do_PUT(self) -> None:  # noqa: N802
+                self._route("PUT")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._route("DELETE")
 
         return Handler
 
 
+# -- process -------------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m evalchemy.testserver",
+                                     description="A deterministic vLLM look-alike for tests (see the module "
+                                                 "docstring of evalchemy/testserver.py).")
+    add = parser.add_argument
+    add("--tokenizer", metavar="DIR", required=True, type=Path, help="tokenizer folder (with tokenizer.json)")
+    add("--model-name", metavar="NAME", default="test-model", help="served model name (default: test-model)")
+    add("--extra-model", action="append", default=[], metavar="NAME",
+        help="another served model name, listed by /v1/models (repeatable)")
+    add("--port", metavar="PORT", type=int, default=0, help="port on 127.0.0.1 (default 0: a free one)")
+    add("--root", metavar="PATH", help="'root' reported by /v1/models (default: the tokenizer folder)")
+    add("--max-model-len", metavar="N", type=int, default=2048,
+        help="context length reported and enforced (default 2048)")
+    add("--answers", metavar="FILE", type=Path,
+        help="JSON file with the behaviour: favoured, favoured_logprob, default_logprob, generations, "
+             "default_generation")
+    add("--latency", metavar="SECONDS", type=float, default=0.0,
+        help="seconds per completions request, the work included")
+    add("--capacity", metavar="N", type=int,
+        help="completions requests processed at once; the others wait (default: no limit)")
+    add("--tokenizer-endpoints", action="store_true", help="serve /tokenizer_info, /tokenize and /detokenize")
+    add("--fail-first", metavar="N", type=int, default=0, help="answer the first N completions requests with HTTP 500")
+    add("--fail-status", metavar="STATUS", type=int, help="answer every completions request with this HTTP status")
+    add("--hang", metavar="SECONDS", type=float, default=0.0,
+        help="seconds to wait before answering a completions request")
+    add("--hang-after", metavar="N", type=int, default=0, help="hang only after this many completions requests arrived")
+    add("--malformed", action="store_true", help="answer completions requests with invalid JSON")
+    add("--no-logprobs", action="store_true", help='answer with "logprobs": null')
+    add("--null-text", action="store_true", help='answer generations with "text": null')
+    add("--die-after", metavar="N", type=int, help="exit with status 1 right after answering N completions requests")
+    add("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' under /v1 (default: $TESTSERVER_API_KEY)")
+    add("--request-log", metavar="FILE", type=Path,
+        help="append each completions request body to this file as a JSON line")
+    add("--ready-file", metavar="FILE", type=Path, help="write the port to this file once listening")
+    add("--max-seconds", metavar="SECONDS", type=float, default=600.0,
+        help="stop by itself after this long (default 600)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evalchemy.testserver", description=__doc__.split("\n")[0])
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder (tokenizer.json)")
-    parser.add_argument("--model-name", default="test-model")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--root")
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--answers", help="JSON file with the behaviour (see the module docstring)")
-    parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--capacity", type=int)
-    parser.add_argument("--tokenizer-endpoints", action="store_true")
-    parser.add_argument("--fail-first", type=int, default=0)
-    parser.add_argument("--fail-status", type=int)
-    parser.add_argument("--hang", type=float, default=0.0)
-    parser.add_argument("--hang-after", type=int, default=0)
-    parser.add_argument("--malformed", action="store_true")
-    parser.add_argument("--no-logprobs", action="store_true")
-    parser.add_argument("--null-text", action="store_true")
-    parser.add_argument("--die-after", type=int)
-    parser.add_argument("--request-log", type=Path)
-    parser.add_argument("--ready-file", type=Path)
-    parser.add_argument("--max-seconds", type=float, default=600.0, help="stop by itself after this long")
+    parser = _parser()
     args = parser.parse_args(argv)
-    answers = json.loads(Path(args.answers).read_text(encoding="utf-8")) if args.answers else None
-    server = TestServer(args.tokenizer, args.model_name, port=args.port, root=args.root,
-                        max_model_len=args.max_model_len, answers=answers, latency=args.latency,
-                        capacity=args.capacity, tokenizer_endpoints=args.tokenizer_endpoints,
-                        fail_first=args.fail_first, fail_status=args.fail_status, hang=args.hang,
-                        hang_after=args.hang_after,
-                        malformed=args.malformed, no_logprobs=args.no_logprobs,
-                        null_text=args.null_text, die_after=args.die_after,
-                        api_key=os.environ.get("TESTSERVER_API_KEY"), request_log=args.request_log)
+    if not (args.tokenizer / "tokenizer.json").is_file():
+        parser.error(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
+    try:
+        answers = json.loads(args.answers.read_text(encoding="utf-8")) if args.answers else None
+        server = TestServer(args.tokenizer, args.model_name, port=args.port, root=args.root,
+                            max_model_len=args.max_model_len, answers=answers, latency=args.latency,
+                            capacity=args.capacity, tokenizer_endpoints=args.tokenizer_endpoints,
+                            fail_first=args.fail_first, fail_status=args.fail_status, hang=args.hang,
+                            hang_after=args.hang_after, malformed=args.malformed, no_logprobs=args.no_logprobs,
+                            null_text=args.null_text, die_after=args.die_after, die_exits_process=True,
+                            api_key=args.api_key or os.environ.get("TESTSERVER_API_KEY") or None,
+                            request_log=args.request_log, extra_models=args.extra_model)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
     if args.ready_file:
-        args.ready_file.write_text(str(server.port))
+        partial = args.ready_file.with_name(args.ready_file.name + ".partial")
+        partial.write_text(f"{server.port}\n", encoding="utf-8")
+        partial.replace(args.ready_file)
     print(f"listening on {server.base_url}", flush=True)
     stop.wait(args.max_seconds)
     server.stop()
