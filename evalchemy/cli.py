@@ -29,7 +29,7 @@ Exit codes:
   0    every benchmark succeeded (or a check passed)
   1    unexpected internal error
   2    usage or config error (nothing was run or written)
-  3    preflight failed: endpoint, model or tokenizer unusable; nothing was run
+  3    preflight failed: endpoint, model, tokenizer or data unusable; nothing was run
   4    the run finished but at least one benchmark failed or timed out
   5    another run holds the lock on the output folder
   130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM
@@ -161,10 +161,13 @@ def dry_run_settings(plan, endpoint_urls, local, model, tokenizer, concurrency, 
         max_length=max_length or plan_mod.DEFAULT_MAX_LENGTH,
     )
     if local:
-        from evalchemy.local_model import MODEL_ID, tokenizer_dir
+        from evalchemy import local_model
 
-        return replace(settings, model=model or MODEL_ID, tokenizer=tokenizer or str(tokenizer_dir()),
-                       tokenizer_backend="huggingface", tokenized_requests=False, num_concurrent=1)
+        return replace(settings, model=model or local_model.MODEL_ID,
+                       tokenizer=tokenizer or str(local_model.tokenizer_location()),
+                       tokenizer_backend=local_model.TOKENIZER_BACKEND,
+                       tokenized_requests=local_model.TOKENIZED_REQUESTS,
+                       num_concurrent=local_model.NUM_CONCURRENT, max_length=max_length or local_model.MAX_LENGTH)
     if not model:
         click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)
     if settings.tokenizer == "TOKENIZER":
@@ -180,10 +183,24 @@ def print_dry_run(plan, settings, run_dir: Path, out) -> None:
         out.write(f"# [{position}/{len(to_run)}] {bench.name}: {bench.description}\n")
         for run in bench.runs:
             out.write(f"#   task {run.entry}: priority {run.priority}, timeout {run.timeout} s\n")
+            if run.data_path:
+                out.write(f"#   data: {run.data_path} ({_data_state(run)})\n")
             out.write(shell_line(lm_eval_argv(run, settings, str(run_dir / run.output_dir))) + "\n")
     for bench in plan.benchmarks:
         if bench.skip_reason:
             out.write(f"# skipped {bench.name}: {bench.skip_reason}\n")
+
+
+def _data_state(run) -> str:
+    from evalchemy import localdata
+
+    try:
+        data = localdata.detect(Path(run.data_path), run.dataset.subset)
+    except localdata.MissingData:
+        return f"not on this machine: {localdata.IMPORT_COMMAND}"
+    except localdata.DataError as err:
+        return f"unusable: {err}"
+    return f"{data.kind}, splits {', '.join(data.splits)}"
 
 
 def print_scores(result) -> None:
@@ -307,6 +324,9 @@ class EvalchemyCommand(click.Command):
               help="Per-request timeout. Default: 120.")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
               help="Extra folder of lm-eval task YAMLs (repeatable). The project's tasks/ folder is always included.")
+@click.option("--data-dir", metavar="DIR",
+              help="Where the tasks' local datasets are (dataset.path is relative to it). Default: $EVALCHEMY_DATA_DIR, "
+                   "else data/benchmarks.")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, metavar="NAME",
               help="Environment variable holding the endpoint's API key (sent as a Bearer token, never written).")
 @click.option("--notify-url", metavar="URL",
@@ -328,7 +348,7 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, api_key_env, notify_url, max_failed_requests, online, fresh, list_benchmarks,
+        request_timeout, include_paths, data_dir, api_key_env, notify_url, max_failed_requests, online, fresh, list_benchmarks,
         validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
@@ -364,7 +384,9 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         batch_size = 1
 
     cfg, index = _load(config_file, includes)
-    plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes)
+    local_tasks = plan_mod.LocalTasks(data_dir=Path(data_dir).expanduser().resolve() if data_dir
+                                      else plan_mod.default_data_dir().resolve())
+    plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes, local_tasks=local_tasks)
 
     if validate_config:
         for warning in cfg.warnings:
@@ -429,3 +451,87 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
 
 def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="run_evalchemy.sh")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Carrying local datasets to a closed network: scripts/export_data.sh and scripts/import_data.sh
+
+TRANSFER_EXIT_CODES = """\b
+Exit codes:
+  0    done
+  1    unexpected internal error
+  2    usage or config error, or (import) files in the data folder that differ and no --replace
+  3    a dataset is missing or unusable, or the archive is damaged, tampered with or incomplete
+"""
+
+
+def _data_dir_option(func):
+    return click.option("--data-dir", metavar="DIR",
+                        help="The data folder (dataset.path is relative to it). Default: $EVALCHEMY_DATA_DIR, else "
+                             "data/benchmarks.")(func)
+
+
+def _data_dir(value: str | None) -> Path:
+    from evalchemy.plan import default_data_dir
+
+    return (Path(value).expanduser() if value else default_data_dir()).resolve()
+
+
+def _rows(splits: dict) -> str:
+    return ", ".join(f"{split} {n}" for split, n in splits.items()) + " rows"
+
+
+@click.command(cls=EvalchemyCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+               epilog=TRANSFER_EXIT_CODES)
+@click.option("--config", "config_path", metavar="FILE", help="Config file. Default: configs/eval_config.json.")
+@click.option("--benchmark", "benchmarks", multiple=True, metavar="NAME",
+              help="Export the datasets of this benchmark, even if disabled (repeatable). Default: every enabled "
+                   "benchmark's.")
+@click.option("--output", "output", metavar="ARCHIVE", default="evalchemy_data.tar.gz", show_default=True,
+              help="The archive to write (.tar.gz).")
+@_data_dir_option
+def export_data(config_path, benchmarks, output, data_dir):
+    """On a connected machine: pack the local datasets a config needs into one archive with a manifest (names,
+    splits, row counts, sha256 of every file). A task whose data is not in the data folder yet is fetched from its
+    dataset.source (save_to_disk) first. Prints the archive's path.
+    """
+    from evalchemy import config as config_mod, transfer
+
+    setup_console_logging("INFO")
+    config_file = Path(config_path) if config_path else home() / "configs" / "eval_config.json"
+    cfg = config_mod.load_config(config_file)
+    report = transfer.export_archive(cfg, _data_dir(data_dir), Path(output).expanduser().resolve(),
+                                     tuple(benchmarks))
+    for item in report.datasets:
+        click.echo(f"{item.state} {item.path} for task {item.task} ({item.kind}: {_rows(item.splits)})", err=True)
+    click.echo(f"{report.files} files, {report.bytes} bytes; on the closed machine: scripts/import_data.sh "
+               f"{report.archive.name}", err=True)
+    click.echo(str(report.archive))
+
+
+@click.command(cls=EvalchemyCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+               epilog=TRANSFER_EXIT_CODES)
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Overwrite files in the data folder that hold different data.")
+@_data_dir_option
+def import_data(archive, replace, data_dir):
+    """On the closed machine: check ARCHIVE (made by scripts/export_data.sh) against its manifest, every file's
+    sha256 and every dataset's rows, then put its datasets into the data folder. A damaged, tampered or partial
+    archive is refused and the data folder is left as it was.
+    """
+    from evalchemy import transfer
+
+    setup_console_logging("INFO")
+    report = transfer.import_archive(archive, _data_dir(data_dir), replace=replace)
+    for item in report.datasets:
+        click.echo(f"{item.state} {report.data_dir / item.path} for task {item.task} ({item.kind}: "
+                   f"{_rows(item.splits)})", err=True)
+    click.echo(f"{report.files} files written into {report.data_dir}", err=True)
+
+
+def export_main() -> None:
+    export_data.main(prog_name="scripts/export_data.sh")
+
+
+def import_main() -> None:
+    import_data.main(prog_name="scripts/import_data.sh")

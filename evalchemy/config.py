@@ -18,6 +18,31 @@ from evalchemy.errors import ConfigError
 
 PRIORITIES = ("high", "medium", "low")
 DEFAULT_PRIORITY = "medium"
+KMMLU_REPO = "HAERAE-HUB/KMMLU"
+# The subsets (configs) of HAERAE-HUB/KMMLU, as lm-eval 0.4.13's kmmlu tasks name them: no Insurance, no Finance.
+KMMLU_SUBJECTS = (
+    "Accounting", "Agricultural-Sciences", "Aviation-Engineering-and-Maintenance", "Biology", "Chemical-Engineering",
+    "Chemistry", "Civil-Engineering", "Computer-Science", "Construction", "Criminal-Law", "Ecology", "Economics",
+    "Education", "Electrical-Engineering", "Electronics-Engineering", "Energy-Management", "Environmental-Science",
+    "Fashion", "Food-Processing", "Gas-Technology-and-Engineering", "Geomatics", "Health", "Industrial-Engineer",
+    "Information-Technology", "Interior-Architecture-and-Design", "Korean-History", "Law",
+    "Machine-Design-and-Manufacturing", "Management", "Maritime-Engineering", "Marketing", "Materials-Engineering",
+    "Math", "Mechanical-Engineering", "Nondestructive-Testing", "Patent", "Political-Science-and-Sociology",
+    "Psychology", "Public-Safety", "Railway-and-Automotive-Engineering", "Real-Estate", "Refrigerating-Machinery",
+    "Social-Welfare", "Taxation", "Telecommunications-and-Wireless-Technology",
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A task entry's ``dataset`` block: local data in the KMMLU format."""
+
+    path: str
+    subset: str | None = None
+    answers: str = "1-4"
+    source_repo: str | None = None
+    source_subset: str | None = None
+    source_revision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +62,7 @@ class TaskEntry:
     log_samples: bool = False
     priority: str = DEFAULT_PRIORITY
     timeout: int | None = None
+    dataset: DatasetSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -249,7 +275,9 @@ def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
 
     for entry_name, entry in tasks.items():
         entry = mapping(entry)
-        for i, name in enumerate(names(entry.get("tasks", [entry_name]))):
+        if "dataset" in entry:
+            problems += _dataset_problems(entry_name, entry)
+        for i, name in enumerate(names(entry.get("tasks", [entry_name]) if "dataset" not in entry else [])):
             if name is not None and index is not None and not index.knows(name):
                 unknown(f"tasks.{entry_name}.tasks[{i}]" if "tasks" in entry else f"tasks.{entry_name}", name)
         if isinstance(entry.get("output_path"), str):
@@ -261,6 +289,28 @@ def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
     return problems, warnings
 
 
+def _dataset_problems(entry_name: str, entry: dict) -> list[str]:
+    problems = []
+    if "tasks" in entry:
+        problems.append(f"tasks.{entry_name}: give either tasks (lm-eval tasks to run) or dataset (local data this "
+                        "entry runs as its own task), not both")
+    dataset = entry["dataset"] if isinstance(entry["dataset"], dict) else {}
+    source = dataset.get("source") if isinstance(dataset.get("source"), dict) else {}
+    if str(source.get("repo", "")).lower() == KMMLU_REPO.lower():
+        subject = source.get("subset")
+        if subject is None:
+            problems.append(f"tasks.{entry_name}.dataset.source.subset: {KMMLU_REPO} needs a subject; one of: "
+                            f"{', '.join(KMMLU_SUBJECTS)}")
+        elif isinstance(subject, str) and subject not in KMMLU_SUBJECTS:
+            close = [s for s in KMMLU_SUBJECTS if s.lower() == subject.lower()] or \
+                [c for c in [_close(subject, KMMLU_SUBJECTS)] if c]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"tasks.{entry_name}.dataset.source.subset: {subject!r} is not a KMMLU subject{hint}; "
+                            f"KMMLU has {len(KMMLU_SUBJECTS)} subjects and no Insurance or Finance one (domain sets "
+                            f"such as insurance are your own data in the KMMLU format): {', '.join(KMMLU_SUBJECTS)}")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -268,6 +318,15 @@ def _problem_order(problem: str) -> list:
     """Sort problems by location, reading [N] indexes as numbers."""
     location = problem.split(": ", 1)[0]
     return [int(p) if p.isdigit() else p for p in re.split(r"[.\[\]]+", location) if p]
+
+
+def _dataset_spec(block: dict | None) -> DatasetSpec | None:
+    if block is None:
+        return None
+    source = block.get("source", {})
+    return DatasetSpec(path=block["path"], subset=block.get("subset"), answers=block.get("answers", "1-4"),
+                       source_repo=source.get("repo"), source_subset=source.get("subset"),
+                       source_revision=source.get("revision"))
 
 
 def load_config(path: Path, index=None) -> Config:
@@ -294,7 +353,7 @@ def load_config(path: Path, index=None) -> Config:
         tasks[name] = TaskEntry(
             name=name,
             enabled=entry["enabled"],
-            tasks=tuple(entry.get("tasks", [name])),
+            tasks=tuple(entry.get("tasks", [name])),  # a dataset entry runs the task evalchemy writes, of its name
             num_fewshot=entry.get("num_fewshot"),
             batch_size=entry.get("batch_size"),
             limit=entry.get("limit"),
@@ -305,6 +364,7 @@ def load_config(path: Path, index=None) -> Config:
             log_samples=entry.get("log_samples", False),
             priority=entry.get("priority", DEFAULT_PRIORITY),
             timeout=entry.get("timeout"),
+            dataset=_dataset_spec(entry.get("dataset")),
         )
     benchmarks = {
         name: Benchmark(name=name, enabled=b["enabled"], description=b.get("description", ""), tasks=tuple(b["tasks"]))

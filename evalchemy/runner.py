@@ -11,9 +11,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from evalchemy import collect, endpoint as endpoint_mod
+from evalchemy import collect, endpoint as endpoint_mod, local_model
 from evalchemy.config import Config
-from evalchemy.data import missing_datasets
+from evalchemy.data import check_plan_data
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
     EXIT_OK,
@@ -128,6 +128,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
     logger.info("tokenizer: %s (%s)", tokenizer.path or tokenizer.backend, tokenizer.source)
     server_max = model.get("max_model_len")
     max_length = opts.max_length or (server_max if isinstance(server_max, int) and server_max > 0 else None)
+    if max_length is None and local:
+        max_length = local_model.MAX_LENGTH
     if max_length is None:
         max_length = DEFAULT_MAX_LENGTH
         logger.warning("the server does not report max_model_len; using max_length=%d (pass --max-length)",
@@ -262,13 +264,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     local = opts.endpoint == LOCAL_ENDPOINT
     try:
         try:
-            if index is not None and not opts.online:
-                missing = missing_datasets(plan, index, opts.home or Path.cwd())
-                if missing:
-                    raise PreflightError(
-                        "datasets missing on this machine (runs are offline):\n  " + "\n  ".join(missing) +
-                        "\ncopy them here (local files, or the Hugging Face cache), or pass --online to let lm-eval "
-                        "download them")
+            check_plan_data(plan, index, opts.home or Path.cwd(), opts.online, config.path)
             if local:
                 server = LocalServer(run_dir / "local_model_server.log").start()
                 opts = replace(opts, endpoint=server.completions_url,

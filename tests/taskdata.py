@@ -147,3 +147,90 @@ def vocabulary() -> list[str]:
     for word, target in ECHO_WORDS:
         texts += [word, target]
     return texts
+
+
+# --- local datasets in the KMMLU format, in every format the data folder accepts ---------------------------------
+
+# Subject -> (Korean label, answers 1-4 of its test questions). The test server's model always picks "A", so a
+# subject's accuracy is the share of answer 1: insurance 3/5, finance 1/4, accounting 3/4, economics 3/6.
+DOMAINS = {
+    "insurance": ("보험학", [1, 1, 2, 1, 3]),
+    "finance": ("금융", [1, 2, 2, 4]),
+    "accounting": ("회계", [1, 1, 1, 2]),
+    "economics": ("경제학", [2, 3, 1, 4, 1, 1]),
+}
+DEV_ANSWERS = [2, 4, 1, 3, 1]  # five, as KMMLU's dev split has per subject
+
+
+def kmmlu_rows(subject: str, split: str = "test", answers: list | None = None) -> list[dict]:
+    """KMMLU-format rows (question, A-D, answer 1-4, Category, Human Accuracy) with Korean text."""
+    label, test_answers = DOMAINS[subject]
+    chosen = answers if answers is not None else test_answers if split == "test" else DEV_ANSWERS
+    return [{"question": f"{label} {split} 문제 {i} 의 정답 은 무엇 인가 ?", "A": f"{label} 보기 가",
+             "B": f"{label} 보기 나", "C": f"{label} 보기 다", "D": f"{label} 보기 라", "answer": answer,
+             "Category": label, "Human Accuracy": 0.5} for i, answer in enumerate(chosen, 1)]
+
+
+def expected_accuracy(subject: str) -> float:
+    answers = DOMAINS[subject][1]
+    return sum(1 for a in answers if a == 1) / len(answers)
+
+
+def write_save_to_disk(folder: Path, splits: dict[str, list[dict]]) -> Path:
+    """``datasets.DatasetDict(...).save_to_disk(folder)``, as on the connected machine in the user's guide."""
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()}).save_to_disk(str(folder))
+    return folder
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """One data file, its format from the suffix: .jsonl, .json (array), .csv, .parquet, .arrow."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        _write_jsonl(path, rows)
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    elif path.suffix == ".csv":
+        with open(path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix in (".parquet", ".arrow"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows)
+        if path.suffix == ".parquet":
+            pq.write_table(table, path)
+        else:
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table)
+    else:
+        raise ValueError(path)
+    return path
+
+
+def write_hub_mirror(folder: Path, subjects: dict[str, str]) -> Path:
+    """A local mirror of a hub dataset repo laid out like HAERAE-HUB/KMMLU: README.md with ``configs`` and
+    ``data/<Subset>-<split>.csv``. ``subjects`` maps subset name -> DOMAINS key."""
+    card = ["---", "configs:"]
+    for subset, subject in subjects.items():
+        card += [f"- config_name: {subset}", "  data_files:"]
+        for split in ("dev", "test"):
+            write_rows(folder / "data" / f"{subset}-{split}.csv", kmmlu_rows(subject, split))
+            card += [f"  - split: {split}", f"    path: data/{subset}-{split}.csv"]
+    (folder / "README.md").write_text("\n".join(card + ["---", "", "# Local mirror (test data)", ""]),
+                                      encoding="utf-8")
+    return folder
+
+
+def domain_vocabulary() -> list[str]:
+    texts = []
+    for subject in DOMAINS:
+        for split in ("test", "dev"):
+            for row in kmmlu_rows(subject, split):
+                texts += [row["question"], row["A"], row["B"], row["C"], row["D"]]
+    return texts

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 
-from evalchemy.cli import cli
+import click
+
+from evalchemy.cli import cli, export_data, import_data
 from tests.conftest import PROJECT
 
 
@@ -24,9 +26,11 @@ def test_readme_help_block_is_current():
 
 
 def test_every_flag_has_help_text():
-    """Each option of the CLI documents itself."""
-    missing = [p.opts[0] for p in cli.params if not getattr(p, "help", None)]
-    assert missing == []
+    """Each option of the CLI and of the data transfer scripts documents itself."""
+    for command in (cli, export_data, import_data):
+        missing = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help]
+        assert missing == [], command.name
+        assert command.help
 
 
 def test_guide_flags_exist():

