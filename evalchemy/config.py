@@ -232,7 +232,9 @@ def _kmmlu_hint(name: str, index) -> str:
         return ""
     subjects = sorted(task.removeprefix("kmmlu_") for task in index.leaf_tasks("kmmlu"))
     return (f"; KMMLU has {len(subjects)} subjects, none named {name.removeprefix('kmmlu_')!r} "
-            f"(domain sets such as insurance are your own data in the KMMLU format): {', '.join(subjects)}")
+            f"(domain sets such as insurance are your own data in the KMMLU format): {', '.join(subjects)}; "
+            f"for your own data add a tasks entry with a dataset block, e.g. \"{name}\": "
+            f"{{\"enabled\": true, \"dataset\": {{\"path\": \"kmmlu/{name.removeprefix('kmmlu_')}\"}}}}")
 
 
 def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:

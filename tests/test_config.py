@@ -32,7 +32,7 @@ def test_shipped_default_config_is_valid(invoke):
 
     result = invoke("--validate-config", "--config", str(PROJECT / "configs" / "eval_config.json"))
     assert result.exit_code == 0, result.stderr
-    assert "valid (5 benchmarks, 3 enabled, 3 lm-eval runs)" in result.stdout
+    assert "valid (6 benchmarks, 3 enabled, 3 lm-eval runs)" in result.stdout
 
 
 def test_trailing_commas_and_comments_are_each_located(invoke, write_config):
@@ -149,4 +149,22 @@ def test_unknown_kmmlu_subject_lists_the_real_ones(invoke, write_config):
     assert line.startswith("  benchmarks.kmmlu_domain.tasks[0]: 'kmmlu_insurance' is not a task in this config's "
                            "tasks section nor an lm-eval task")
     assert line.endswith("; KMMLU has 45 subjects, none named 'insurance' (domain sets such as insurance are your "
-                         f"own data in the KMMLU format): {', '.join(subjects)}")
+                         f"own data in the KMMLU format): {', '.join(subjects)}; for your own data add a tasks entry "
+                         'with a dataset block, e.g. "kmmlu_insurance": {"enabled": true, "dataset": {"path": '
+                         '"kmmlu/insurance"}}')
+
+
+def test_kmmlu_subject_names_match_lm_eval():
+    """The subjects --validate-config accepts for HAERAE-HUB/KMMLU are the dataset_name values of lm-eval's own
+    kmmlu tasks."""
+    import re
+
+    from evalchemy.config import KMMLU_SUBJECTS
+    from evalchemy.taskindex import lm_eval_tasks_dir
+
+    names = set()
+    for path in (lm_eval_tasks_dir() / "kmmlu" / "default").glob("kmmlu_*.yaml"):
+        match = re.search(r"^dataset_name: (\S+)$", path.read_text(encoding="utf-8"), re.M)
+        if match:
+            names.add(match.group(1))
+    assert sorted(names) == list(KMMLU_SUBJECTS)
