@@ -310,7 +310,8 @@ class EvalchemyCommand(click.Command):
               help="Local tokenizer folder (or a model id in the local Hugging Face cache). Default: the model "
                    "folder the server reports, if it is on this disk, else the server's tokenizer endpoints.")
 @click.option("--batch-size", type=click.IntRange(min=1), metavar="N",
-              help="Prompts per request; overrides every task's batch_size in the config.")
+              help="Prompts per request; overrides every task's batch_size in the config. Default: the task's "
+                   "batch_size, else 8 (1 with --endpoint local).")
 @click.option("--run-id", metavar="ID",
               help="Names the results folder and files ([A-Za-z0-9._-], up to 128). Default: YYYYMMDD_HHMMSS_PID.")
 @click.option("--config", "config_path", metavar="FILE", help="Config file. Default: configs/eval_config.json.")

@@ -42,7 +42,8 @@ requests have arrived; a stop ends the wait), ``malformed`` (200 with invalid JS
 (``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``die_after`` (after N answers the
 server dies: in-process it closes its socket and every connection; as a process, with ``--die-after``, it exits
 at once with status 1). ``latency`` (seconds per completions request, the work included) and ``capacity``
-(requests processed at once; the others wait) model a real server's speed.
+(sequences processed at once, like vLLM's ``max_num_seqs``: a request with k prompts takes k of them, or all of
+them when k is larger; the others wait) model a real server's speed.
 
 In-process::
 
@@ -197,6 +198,32 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 # -- server --------------------------------------------------------------------------------------------------------
 
 
+class _Slots:
+    """A counting semaphore that takes several slots at once (all or none, so big requests cannot deadlock)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.free = size
+        self.peak = 0  # most slots taken at once
+        self._cond = threading.Condition()
+
+    def acquire(self, wanted: int, closed: threading.Event) -> int | None:
+        wanted = max(1, min(wanted, self.size))
+        with self._cond:
+            while self.free < wanted:
+                if closed.is_set():
+                    return None
+                self._cond.wait(0.05)
+            self.free -= wanted
+            self.peak = max(self.peak, self.size - self.free)
+            return wanted
+
+    def release(self, taken: int) -> None:
+        with self._cond:
+            self.free += taken
+            self._cond.notify_all()
+
+
 class TestServer:
     """vLLM look-alike on 127.0.0.1. Use as a context manager, or ``start()`` / ``stop()``.
 
@@ -226,7 +253,7 @@ class TestServer:
         self.max_model_len = max_model_len
         self.answers = Answers.from_dict(answers)
         self.latency = latency
-        self.capacity = threading.BoundedSemaphore(capacity) if capacity else None
+        self.capacity = _Slots(capacity) if capacity else None
         self.tokenizer_endpoints = tokenizer_endpoints
         self.fail_first = fail_first
         self.fail_status = fail_status
@@ -482,13 +509,13 @@ class TestServer:
                     log.write(json.dumps(body, ensure_ascii=False) + "\n")
         return number
 
-    def _acquire(self) -> bool:
+    def _acquire(self, body: dict) -> int | None:
+        """Take the request's sequence slots (one per prompt); None when the server stopped while waiting."""
         if self.capacity is None:
-            return True
-        while not self.capacity.acquire(timeout=0.05):
-            if self._closed.is_set():
-                return False
-        return True
+            return 0
+        prompt = body.get("prompt")
+        wanted = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+        return self.capacity.acquire(wanted, self._closed)
 
     def _count_answer(self) -> bool:
         """Count an answer about to be sent; True when it is the last one before dying (die_after)."""
@@ -614,7 +641,8 @@ class TestServer:
                     return
                 arrived = time.monotonic()
                 number = server._arrived(body)
-                if not server._acquire():
+                slots = server._acquire(body)
+                if slots is None:
                     self.close_connection = True
                     return
                 dying = False
@@ -643,7 +671,7 @@ class TestServer:
                     self._send(*answer)
                 finally:
                     if server.capacity is not None:
-                        server.capacity.release()
+                        server.capacity.release(slots)
                     if dying:
                         if server.die_exits_process:
                             os._exit(1)

@@ -172,9 +172,9 @@ def main() -> int:
         print(f"resumed identical run: {len(srv.requests) - before} requests sent (target 0)")
         mark = len(srv.timings)
         run_runner(["--endpoint", srv.base_url, "--config", str(saturation), "--run-id", "sat-lm-eval-defaults",
-                    "--concurrency", "1", *common], env)
+                    "--concurrency", "1", "--batch-size", "1", *common], env)
         defaults_span = busy_span(srv, mark)
-        print(f"saturation lm-eval defaults (1 request in flight): {defaults_span:.2f} s server-side; "
+        print(f"saturation lm-eval defaults (1 prompt per request, 1 request in flight): {defaults_span:.2f} s server-side; "
               f"ratio ideal/defaults {ideal / defaults_span:.3f}")
 
     with TestServer(tokenizer, "bench-model", latency=0.0, answers={"favoured": ["red"]}) as srv:

@@ -24,8 +24,9 @@ ECHO_ONLY = {"benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]}}}
 
 
 def _run(srv_url, config, out, run_id, assets, *extra):
+    """One prompt per request, so that a fault after N requests hits a known set of prompts."""
     return run_cli("--endpoint", srv_url, "--config", str(config), "--output", str(out), "--run-id", run_id,
-                   "--include-path", str(assets["tasks_dir"]), *extra)
+                   "--include-path", str(assets["tasks_dir"]), "--batch-size", "1", *extra)
 
 
 def _summary(out: Path, run_id: str) -> dict:
@@ -159,7 +160,8 @@ def test_kill_9_then_rerun(assets, write_config, tmp_path):
     try:
         proc = subprocess.Popen([str(PROJECT / "run_evalchemy.sh"), "--endpoint", f"http://127.0.0.1:{port}",
                                  "--config", str(config), "--output", str(tmp_path / "o"), "--run-id", "k9",
-                                 "--include-path", str(assets["tasks_dir"]), "--concurrency", "1"],
+                                 "--include-path", str(assets["tasks_dir"]), "--concurrency", "1",
+                                 "--batch-size", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while len(_logged_requests(tmp_path)) < 5 and time.monotonic() < deadline:

@@ -292,7 +292,7 @@ def test_generation_only_runs_without_tokenizer(assets, write_config, tmp_path):
         done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
                        "--run-id", "g", "--include-path", str(assets["tasks_dir"]), "--max-length", "512",
                        "--gpu", "0")
-        prompts = [r["prompt"] for r in srv.requests]
+        prompts = [p for r in srv.requests for p in (r["prompt"] if isinstance(r["prompt"], list) else [r["prompt"]])]
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "o" / "g" / "evalchemy_summary_g.json").read_text())
     assert summary["tokenizer"]["backend"] == "none"
@@ -301,7 +301,7 @@ def test_generation_only_runs_without_tokenizer(assets, write_config, tmp_path):
     assert results["config"]["model_args"]["max_length"] == 512  # what lm-eval itself ran with
     assert summary["benchmarks"]["echo"]["metrics"]["demo_echo"]["exact_match,strip"]["value"] == \
         pytest.approx(expected_echo())
-    assert all(isinstance(p, str) for p in prompts)
+    assert len(prompts) == len(taskdata.ECHO_WORDS) and all(isinstance(p, str) for p in prompts)
 
 
 def test_tokenizer_from_server_endpoints(assets, write_config, tmp_path):
@@ -425,7 +425,7 @@ def test_rerunning_a_run_id_resumes_without_repeating_requests(assets, write_con
     })
     out = tmp_path / "o"
     common = ["--config", str(config), "--output", str(out), "--run-id", "nightly", "--include-path",
-              str(assets["tasks_dir"]), "--concurrency", "1", "--request-timeout", "60"]
+              str(assets["tasks_dir"]), "--concurrency", "1", "--batch-size", "1", "--request-timeout", "60"]
     summary_path = out / "nightly" / "evalchemy_summary_nightly.json"
     answered_before_hang = 10
     n_capitals = sum(len(c) for _, c, _ in taskdata.CAPITALS)

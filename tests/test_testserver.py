@@ -371,6 +371,24 @@ def test_latency_and_capacity(tokenizer_dir):
         assert burst(srv) < 0.6
 
 
+def test_capacity_counts_sequences_like_max_num_seqs(tokenizer_dir):
+    """capacity 4: three concurrent requests of 2 prompts each never have more than 4 prompts in work at once (two
+    requests; the third waits), and a request with more prompts than the capacity takes all of it."""
+    body = ll_request(["Paris", "Berlin"])
+    with TestServer(tokenizer_dir, "test-model", latency=0.3, capacity=4) as srv:
+        threads = [threading.Thread(target=call, args=(srv.completions_url, body)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(srv.timings) == 3
+        assert srv.capacity.peak == 4
+        big = {**body, "prompt": body["prompt"] * 4}  # 8 prompts
+        status, answer = call(srv.completions_url, big)
+        assert status == 200 and len(answer["choices"]) == 8
+        assert srv.capacity.peak == 4 and srv.capacity.free == 4
+
+
 def test_die_after_in_process_closes_the_server(tokenizer_dir):
     """die_after=2 in-process: two answers, then the server is gone (connection refused), without ending the test
     process."""
