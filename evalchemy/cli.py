@@ -167,7 +167,8 @@ def dry_run_settings(plan, endpoint_urls, local, model, tokenizer, concurrency, 
                        tokenizer=tokenizer or str(local_model.tokenizer_location()),
                        tokenizer_backend=local_model.TOKENIZER_BACKEND,
                        tokenized_requests=local_model.TOKENIZED_REQUESTS,
-                       num_concurrent=local_model.NUM_CONCURRENT, max_length=max_length or local_model.MAX_LENGTH)
+                       num_concurrent=local_model.NUM_CONCURRENT, max_length=max_length or local_model.MAX_LENGTH,
+                       single_stream=True)
     if not model:
         click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)
     if settings.tokenizer == "TOKENIZER":
@@ -320,7 +321,8 @@ class EvalchemyCommand(click.Command):
 @click.option("--max-length", type=click.IntRange(min=2), metavar="N",
               help="Longest prompt + answer in tokens (lm-eval max_length). Default: the server's max_model_len.")
 @click.option("--concurrency", type=click.IntRange(min=1, max=1024), default=None, metavar="N",
-              help="Requests in flight at once. Default: 16.")
+              help="Requests in flight at once; overrides every task's concurrency in the config. Default: the "
+                   "task's concurrency, else 16 (1 with --endpoint local).")
 @click.option("--request-timeout", type=click.IntRange(min=1), default=None, metavar="SECONDS",
               help="Per-request timeout. Default: 120.")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
@@ -387,7 +389,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     cfg, index = _load(config_file, includes)
     local_tasks = plan_mod.LocalTasks(data_dir=Path(data_dir).expanduser().resolve() if data_dir
                                       else plan_mod.default_data_dir().resolve())
-    plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes, local_tasks=local_tasks)
+    plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes, local_tasks=local_tasks,
+                               concurrency=concurrency)
 
     if validate_config:
         for warning in cfg.warnings:

@@ -54,6 +54,7 @@ class TaskEntry:
     tasks: tuple[str, ...] = ()
     num_fewshot: int | None = None
     batch_size: int | None = None
+    concurrency: int | None = None
     limit: int | None = None
     description: str = ""
     label: str | None = None
@@ -358,6 +359,7 @@ def load_config(path: Path, index=None) -> Config:
             tasks=tuple(entry.get("tasks", [name])),  # a dataset entry runs the task evalchemy writes, of its name
             num_fewshot=entry.get("num_fewshot"),
             batch_size=entry.get("batch_size"),
+            concurrency=entry.get("concurrency"),
             limit=entry.get("limit"),
             description=entry.get("description", ""),
             label=entry.get("label"),

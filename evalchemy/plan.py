@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from evalchemy.config import PRIORITIES, Config, DatasetSpec, TaskEntry
@@ -41,6 +41,13 @@ class ModelSettings:
     max_retries: int = DEFAULT_MAX_RETRIES
     timeout: int = DEFAULT_REQUEST_TIMEOUT_S
     max_length: int = DEFAULT_MAX_LENGTH
+    single_stream: bool = False  # the server takes one request at a time (the embedded model): no task overrides it
+
+    def for_run(self, run: TaskRun) -> ModelSettings:
+        """These settings with the task entry's own concurrency, if it has one."""
+        if run.concurrency is None or self.single_stream:
+            return self
+        return replace(self, num_concurrent=run.concurrency)
 
     def model_args(self) -> dict[str, str | int | bool]:
         args: dict[str, str | int | bool] = {"base_url": self.base_url, "model": self.model or "MODEL"}
@@ -67,6 +74,7 @@ class TaskRun:
     tasks: tuple[str, ...]
     num_fewshot: int | None
     batch_size: int
+    concurrency: int | None  # requests in flight for this entry; None: the run's (--concurrency or the default)
     limit: int | None
     log_samples: bool
     timeout: int
@@ -104,8 +112,8 @@ class Plan:
         return any(run.needs_loglikelihood for bench in self.to_run for run in bench.runs)
 
 
-def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, index, include_paths,
-               local_tasks: LocalTasks | None) -> TaskRun:
+def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurrency_override: int | None, index,
+               include_paths, local_tasks: LocalTasks | None) -> TaskRun:
     folders: list[str] = []
     needs_ll = False
     data_path = None
@@ -134,6 +142,7 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, index, 
         tasks=entry.tasks,
         num_fewshot=entry.num_fewshot,
         batch_size=batch_override or entry.batch_size or DEFAULT_BATCH_SIZE,
+        concurrency=concurrency_override or entry.concurrency,
         limit=entry.limit,
         log_samples=entry.log_samples,
         timeout=entry.timeout or DEFAULT_TASK_TIMEOUT_S,
@@ -171,7 +180,7 @@ def _cache_dir() -> Path:
 
 
 def build_plan(config: Config, index=None, batch_size: int | None = None, include_paths=(),
-               local_tasks: LocalTasks | None = None) -> Plan:
+               local_tasks: LocalTasks | None = None, concurrency: int | None = None) -> Plan:
     """Benchmarks in execution order: by priority (high, medium, low), ties in config order.
 
     An enabled benchmark runs each name in its ``tasks``: a name with an entry in the ``tasks`` section takes that
@@ -194,7 +203,7 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
             entry = config.tasks.get(name) or TaskEntry(name=name, tasks=(name,))
             if not entry.enabled:
                 continue
-            plan.runs.append(_entry_run(bench.name, entry, batch_size, index, include_paths, local_tasks))
+            plan.runs.append(_entry_run(bench.name, entry, batch_size, concurrency, index, include_paths, local_tasks))
         if not plan.runs:
             plan.skip_reason = "every task it lists is disabled in the tasks section"
             plan.priority = "-"
@@ -232,7 +241,8 @@ def format_model_args(args: dict) -> str:
 def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str, use_cache: str | None = None) -> list[str]:
     """The ``lm_eval run`` command line equivalent to what the worker runs for ``run``. It holds no secret: the
     endpoint URL carries no credentials (refused at --endpoint) and the API key stays in the environment."""
-    argv = ["lm_eval", "run", "--model", LM_EVAL_MODEL, "--model_args", format_model_args(model.model_args()),
+    argv = ["lm_eval", "run", "--model", LM_EVAL_MODEL,
+            "--model_args", format_model_args(model.for_run(run).model_args()),
             "--tasks", ",".join(run.tasks), "--batch_size", str(run.batch_size)]
     if run.num_fewshot is not None:
         argv += ["--num_fewshot", str(run.num_fewshot)]
@@ -267,7 +277,7 @@ def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings, use_cache: str | 
     return {
         "use_cache": use_cache,
         "model": LM_EVAL_MODEL,
-        "model_args": model.model_args(),
+        "model_args": model.for_run(run).model_args(),
         "tasks": list(run.tasks),
         "num_fewshot": run.num_fewshot,
         "batch_size": run.batch_size,

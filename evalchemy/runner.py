@@ -141,6 +141,7 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
         tokenizer_backend=tokenizer.backend,
         tokenized_requests=tokenizer.backend != "none" and not local,
         num_concurrent=1 if local else opts.concurrency,
+        single_stream=local,
         max_retries=opts.max_retries,
         timeout=opts.request_timeout,
         max_length=max_length,

@@ -99,6 +99,12 @@ def run_runner(args: list[str], env: dict, poll: bool = False) -> tuple[float, i
     return elapsed, peak, subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
+def prompts(server: TestServer, since: int = 0) -> int:
+    """Prompts in the requests the server received (lm-eval's requests; one HTTP request may carry several)."""
+    return sum(len(r["prompt"]) if isinstance(r["prompt"], list) and r["prompt"] and isinstance(r["prompt"][0], list)
+               else 1 for r in server.requests[since:])
+
+
 def busy_span(server: TestServer, since: int = 0) -> float:
     """Server-side time from the first request's arrival to the last answer."""
     times = server.timings[since:]
@@ -164,7 +170,8 @@ def main() -> int:
                                     *common], env, poll=True)
         span = busy_span(srv)
         sent = len(srv.requests)
-        print(f"saturation runner defaults: {sent} requests in {span:.2f} s server-side; ideal {ideal:.2f} s; "
+        print(f"saturation runner defaults: {prompts(srv)} prompts in {sent} requests in {span:.2f} s server-side; "
+              f"ideal {ideal:.2f} s; "
               f"ratio ideal/runner {ideal / span:.3f} (target >= 0.85)")
         print(f"peak memory of the run (runner + worker, RSS): {peak_kb / 1024:.0f} MB (target <= 500 MB)")
         before = len(srv.requests)
@@ -180,8 +187,8 @@ def main() -> int:
     with TestServer(tokenizer, "bench-model", latency=0.0, answers={"favoured": ["red"]}) as srv:
         run_runner(["--endpoint", srv.base_url, "--config", str(saturation), "--run-id", "ceiling", *common], env)
         span = busy_span(srv)
-        print(f"client ceiling: {len(srv.requests) / span:.0f} requests/s against a zero-latency server "
-              f"({len(srv.requests)} requests in {span:.2f} s)")
+        print(f"client ceiling: {prompts(srv) / span:.0f} prompts/s against a zero-latency server "
+              f"({prompts(srv)} prompts in {len(srv.requests)} requests in {span:.2f} s)")
     return 0
 
 

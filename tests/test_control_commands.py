@@ -28,7 +28,7 @@ CONFIG = {
     },
     "tasks": {
         "hellaswag": {"enabled": True, "priority": "low", "num_fewshot": 10, "limit": 5},
-        "arc_easy": {"enabled": True, "tasks": ["arc_easy"], "num_fewshot": 25, "batch_size": 4, "limit": 1,
+        "arc_easy": {"enabled": True, "tasks": ["arc_easy"], "num_fewshot": 25, "batch_size": 4, "concurrency": 4, "limit": 1,
                      "priority": "medium", "timeout": 600, "log_samples": True, "output_path": "raw/arc_easy"},
         "arc_challenge": {"enabled": True, "priority": "high", "limit": 2},
         "gsm8k": {"enabled": True, "priority": "high", "num_fewshot": 5, "limit": 3, "timeout": 900},
@@ -57,12 +57,28 @@ def test_dry_run_commands_golden(invoke, write_config):
 def test_dry_run_batch_size_flag_overrides_config(invoke, write_config):
     """--batch-size replaces every task's batch_size in the commands."""
     path = write_config(CONFIG)
-    result = invoke("--dry-run", "--config", str(path), "--endpoint", "http://h:8000/v1", "--batch-size", "8",
+    result = invoke("--dry-run", "--config", str(path), "--endpoint", "http://h:8000/v1", "--batch-size", "3",
                     "--run-id", "r")
     assert result.exit_code == 0, result.stderr
     commands = [line for line in result.stdout.splitlines() if line.startswith("lm_eval")]
     assert len(commands) == 4
-    assert all(" --batch_size 8 " in c for c in commands)
+    assert all(" --batch_size 3 " in c for c in commands)
+
+
+def test_concurrency_per_task_and_per_run(invoke, write_config):
+    """A task's concurrency reaches its own command only; --concurrency replaces every task's; the embedded model
+    always gets one request at a time."""
+    path = write_config(CONFIG)
+
+    def in_flight(*flags) -> list[str]:
+        result = invoke("--dry-run", "--config", str(path), "--run-id", "r", *flags)
+        assert result.exit_code == 0, result.stderr
+        return [re.search(r"num_concurrent=(\d+)", line).group(1) + (" arc_easy" if "--tasks arc_easy " in line else "")
+                for line in result.stdout.splitlines() if line.startswith("lm_eval")]
+
+    assert sorted(in_flight("--endpoint", "http://h:8000/v1")) == ["16", "16", "16", "4 arc_easy"]
+    assert sorted(in_flight("--endpoint", "http://h:8000/v1", "--concurrency", "2")) == ["2", "2", "2", "2 arc_easy"]
+    assert sorted(in_flight("--endpoint", "local")) == ["1", "1", "1", "1 arc_easy"]
 
 
 def test_list_benchmarks_shows_every_benchmark(invoke, write_config):
