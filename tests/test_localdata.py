@@ -41,6 +41,27 @@ def requests_for(*questions: int, batch: int = 8) -> int:
     return sum(-(-4 * n // batch) for n in questions)
 
 
+def expected_breakdown(benchmark: str) -> dict:
+    """The four domains' breakdown, computed from the test data: per label, and size-weighted overall."""
+    expected = {LABELS[s]: taskdata.expected_accuracy(s) for s in taskdata.DOMAINS}
+    sizes = {LABELS[s]: len(taskdata.DOMAINS[s][1]) for s in taskdata.DOMAINS}
+    overall = sum(expected[k] * sizes[k] for k in expected) / sum(sizes.values())
+    return {f"{benchmark}_accuracy": pytest.approx(overall), f"{benchmark}_subject_accuracy": pytest.approx(expected)}
+
+
+def run_on(server, config: Path, data: Path, out: Path, run_id: str) -> tuple[dict, int]:
+    """A run of ``config`` on the data folder ``data``: (its summary, the prompts the server received)."""
+    before = len(server.requests)
+    done = run_cli("--endpoint", server.base_url, "--config", str(config), "--output", str(out), "--run-id", run_id,
+                   "--data-dir", str(data))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / run_id / f"evalchemy_summary_{run_id}.json").read_text(encoding="utf-8"))
+    return summary, prompts_sent(server, before)
+
+
+DOMAIN_SIZES = [len(answers) for _, answers in taskdata.DOMAINS.values()]
+
+
 def run_cli(*args, env=None, timeout=240):
     return subprocess.run([str(PROJECT / "run_evalchemy.sh"), *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
@@ -83,19 +104,10 @@ def test_ready_made_domains_give_korean_breakdown(server, write_config, tmp_path
     data = tmp_path / "store"
     ready_made_store(data)
     config = write_config(ready_made_config())
-    before = len(server.requests)
-    done = run_cli("--endpoint", server.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
-                   "--run-id", "ko", "--data-dir", str(data))
-    assert done.returncode == 0, done.stderr
-    summary = json.loads((tmp_path / "o" / "ko" / "evalchemy_summary_ko.json").read_text(encoding="utf-8"))
-    expected = {LABELS[s]: taskdata.expected_accuracy(s) for s in taskdata.DOMAINS}
-    sizes = {LABELS[s]: len(taskdata.DOMAINS[s][1]) for s in taskdata.DOMAINS}
-    breakdown = summary["breakdown"]["benchmark"]
-    assert breakdown["kmmlu_subject_accuracy"] == pytest.approx(expected)
-    assert breakdown["kmmlu_accuracy"] == pytest.approx(
-        sum(expected[k] * sizes[k] for k in expected) / sum(sizes.values()))
-    assert prompts_sent(server, before) == 4 * sum(sizes.values())
-    assert summary["benchmarks"]["kmmlu"]["requests"]["sent"] == requests_for(*sizes.values())
+    summary, prompts = run_on(server, config, data, tmp_path / "o", "ko")
+    assert summary["breakdown"]["benchmark"] == expected_breakdown("kmmlu")
+    assert prompts == 4 * sum(DOMAIN_SIZES)
+    assert summary["benchmarks"]["kmmlu"]["requests"]["sent"] == requests_for(*DOMAIN_SIZES)
     # few-shot examples come from the dev split (save_to_disk "dev"), in order, never from the test split
     samples = list((tmp_path / "o" / "ko").rglob("samples_kmmlu_insurance_*.jsonl"))
     assert len(samples) == 1
@@ -217,12 +229,8 @@ def test_round_trip_then_offline_run_gives_the_korean_breakdown(exported, server
         in done.stderr
     assert tree(closed) == tree(exported["connected"])
     assert [p.name for p in closed.iterdir() if p.name.startswith(".")] == []  # no staging left behind
-    run = run_cli("--endpoint", server.base_url, "--config", str(exported["config"]), "--output",
-                  str(tmp_path / "o"), "--run-id", "closed", "--data-dir", str(closed))
-    assert run.returncode == 0, run.stderr
-    summary = json.loads((tmp_path / "o" / "closed" / "evalchemy_summary_closed.json").read_text(encoding="utf-8"))
-    assert summary["breakdown"]["benchmark"]["kmmlu_subject_accuracy"] == pytest.approx(
-        {LABELS[s]: taskdata.expected_accuracy(s) for s in taskdata.DOMAINS})
+    summary, _ = run_on(server, exported["config"], closed, tmp_path / "o", "closed")
+    assert summary["breakdown"]["benchmark"] == expected_breakdown("kmmlu")
     again = script("import_data.sh", str(exported["archive"]), "--data-dir", str(closed))
     assert again.returncode == 0, again.stderr
     assert f"unchanged {closed / 'hub' / 'KMMLU'} for task kmmlu_economics" in again.stderr
@@ -488,17 +496,8 @@ def test_shipped_config_from_connected_machine_to_closed_machine(server, write_c
     for name, bench in shipped["benchmarks"].items():
         bench["enabled"] = name == "kmmlu_domain"
     config = write_config(shipped, "closed.json")
-    before = len(server.requests)
-    run = run_cli("--endpoint", server.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
-                  "--run-id", "nightly", "--data-dir", str(closed))
-    assert run.returncode == 0, run.stderr
-    summary = json.loads((tmp_path / "o" / "nightly" / "evalchemy_summary_nightly.json").read_text(encoding="utf-8"))
-    expected = {LABELS[s]: taskdata.expected_accuracy(s) for s in taskdata.DOMAINS}
-    sizes = {LABELS[s]: len(taskdata.DOMAINS[s][1]) for s in taskdata.DOMAINS}
-    assert summary["breakdown"]["benchmark"] == {
-        "kmmlu_domain_accuracy": pytest.approx(sum(expected[k] * sizes[k] for k in expected) / sum(sizes.values())),
-        "kmmlu_domain_subject_accuracy": pytest.approx(expected)}
-    record = summary["benchmarks"]["kmmlu_domain"]
-    assert record["status"] == "success"
-    assert prompts_sent(server, before) == 4 * sum(sizes.values())  # one prompt per choice
-    assert record["requests"]["sent"] == requests_for(*sizes.values())
+    summary, prompts = run_on(server, config, closed, tmp_path / "o", "nightly")
+    assert summary["breakdown"]["benchmark"] == expected_breakdown("kmmlu_domain")
+    assert summary["benchmarks"]["kmmlu_domain"]["status"] == "success"
+    assert prompts == 4 * sum(DOMAIN_SIZES)  # one prompt per choice
+    assert summary["benchmarks"]["kmmlu_domain"]["requests"]["sent"] == requests_for(*DOMAIN_SIZES)
