@@ -1,5 +1,5 @@
 """Offline data preflight: before the first benchmark starts, every enabled task's dataset must be on this machine
-(local files, a local folder, or the Hugging Face caches), so a missing one stops the run with one message instead
+(local files, a local folder, or the Hugging Face datasets cache), so a missing one stops the run with one message instead
 of failing benchmark after benchmark after lm-eval has tried the hub."""
 
 from __future__ import annotations
@@ -48,13 +48,22 @@ def _files(data_files) -> list[str]:
     return []
 
 
-def hf_datasets_cached(repo_id: str) -> bool:
+def hf_datasets_cached(repo_id: str, name: str | None = None) -> bool:
+    """Whether ``datasets`` can load the hub dataset offline: its prepared copy in the datasets cache
+    (``<org>___<name>/<config>/``), which an online ``load_dataset`` leaves behind. The hub cache alone
+    (``hub/datasets--org--name``) is not enough: offline, ``load_dataset`` reads only the datasets cache."""
     home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
     datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
-    hub_cache = Path(os.environ.get("HF_HUB_CACHE") or home / "hub").expanduser()
-    candidates = [datasets_cache / repo_id.replace("/", "___"), datasets_cache / repo_id.replace("/", "___").lower(),
-                  hub_cache / ("datasets--" + repo_id.replace("/", "--"))]
-    return any(c.is_dir() for c in candidates)
+    folder_name = repo_id.replace("/", "___")
+    for folder in (datasets_cache / folder_name, datasets_cache / folder_name.lower()):
+        if not folder.is_dir():
+            continue
+        configs = [c.name for c in folder.iterdir() if c.is_dir()]
+        if name is None and configs:
+            return True
+        if any(c == name or c.startswith(f"{name}-") for c in configs):
+            return True
+    return False
 
 
 def check_plan_data(plan, index, home: Path, online: bool, config_path: Path | None = None) -> None:
@@ -137,6 +146,9 @@ def _problem(task: str, info: dict, home: Path) -> str | None:
             (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") if missing else None
     if (home / path).expanduser().exists():
         return None
-    if hf_datasets_cached(path):
+    name = info.get("dataset_name") if isinstance(info.get("dataset_name"), str) else None
+    if hf_datasets_cached(path, name):
         return None
-    return f"task {task}: dataset {path!r} is not on this machine (not a local folder, not in the Hugging Face caches)"
+    what = f"{path!r}" + (f" ({name})" if name else "")
+    return f"task {task}: dataset {what} is not on this machine (not a local folder, not in the Hugging Face " \
+        "datasets cache)"

@@ -501,3 +501,18 @@ def test_shipped_config_from_connected_machine_to_closed_machine(server, write_c
     assert summary["benchmarks"]["kmmlu_domain"]["status"] == "success"
     assert prompts == 4 * sum(DOMAIN_SIZES)  # one prompt per choice
     assert summary["benchmarks"]["kmmlu_domain"]["requests"]["sent"] == requests_for(*DOMAIN_SIZES)
+
+
+def test_hub_datasets_count_as_present_only_in_the_datasets_cache(tmp_path):
+    """Offline, datasets loads a hub dataset only from its prepared copy (<org>___<name>/<config>); a download in
+    the hub cache alone would fail in lm-eval, so the check does not accept it."""
+    from evalchemy.data import hf_datasets_cached
+
+    home = Path(os.environ["HF_HOME"])
+    (home / "hub" / "datasets--allenai--ai2_arc" / "snapshots" / "abc").mkdir(parents=True)
+    assert not hf_datasets_cached("allenai/ai2_arc", "ARC-Easy")
+    (home / "datasets" / "allenai___ai2_arc" / "ARC-Challenge" / "0.0.0").mkdir(parents=True)
+    assert not hf_datasets_cached("allenai/ai2_arc", "ARC-Easy")
+    assert hf_datasets_cached("allenai/ai2_arc", "ARC-Challenge")
+    (home / "datasets" / "openai___gsm8k" / "main-8f3a" / "0.0.0").mkdir(parents=True)
+    assert hf_datasets_cached("openai/gsm8k", "main") and hf_datasets_cached("openai/gsm8k")

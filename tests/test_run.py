@@ -527,8 +527,8 @@ def test_missing_datasets_stop_the_run_before_any_request(assets, server, write_
     assert done.returncode == 3, done.stderr
     assert ("datasets missing on this machine (runs are offline):\n"
             f"  gone: task demo_gone: data file {assets['data_dir'] / 'gone.jsonl'} not found\n"
-            "  arc: task arc_easy: dataset 'allenai/ai2_arc' is not on this machine (not a local folder, not in the "
-            "Hugging Face caches)\n"
+            "  arc: task arc_easy: dataset 'allenai/ai2_arc' (ARC-Easy) is not on this machine (not a local folder, not "
+            "in the Hugging Face datasets cache)\n"
             "copy them here (local files, or the Hugging Face cache), or pass --online to let lm-eval download them"
             ) in done.stderr
     assert server.requests == []
