@@ -493,19 +493,22 @@ def _rows(splits: dict) -> str:
                    "benchmark's.")
 @click.option("--output", "output", metavar="ARCHIVE", default="evalchemy_data.tar.gz", show_default=True,
               help="The archive to write (.tar.gz).")
+@click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
+              help="Extra folder of lm-eval task YAMLs (repeatable), as for the run.")
 @_data_dir_option
-def export_data(config_path, benchmarks, output, data_dir):
-    """On a connected machine: pack the local datasets a config needs into one archive with a manifest (names,
-    splits, row counts, sha256 of every file). A task whose data is not in the data folder yet is fetched from its
-    dataset.source (save_to_disk) first. Prints the archive's path.
+def export_data(config_path, benchmarks, output, include_paths, data_dir):
+    """On a connected machine: pack the datasets a config needs into one archive with a manifest (names, splits,
+    row counts, sha256 of every file): each dataset block's data, fetched from its dataset.source first when the
+    data folder lacks it, and a saved copy (data folder: hub/<repo>/<config>) of the hub dataset of every lm-eval
+    task it runs. Prints the archive's path.
     """
-    from evalchemy import config as config_mod, transfer
+    from evalchemy import transfer
 
     setup_console_logging("INFO")
     config_file = Path(config_path) if config_path else home() / "configs" / "eval_config.json"
-    cfg = config_mod.load_config(config_file)
+    cfg, index = _load(config_file, _include_paths(include_paths))
     report = transfer.export_archive(cfg, _data_dir(data_dir), Path(output).expanduser().resolve(),
-                                     tuple(benchmarks))
+                                     tuple(benchmarks), index=index, home=home())
     for item in report.datasets:
         click.echo(f"{item.state} {item.path} for task {item.task} ({item.kind}: {_rows(item.splits)})", err=True)
     click.echo(f"{report.files} files, {report.bytes} bytes; on the closed machine: scripts/import_data.sh "

@@ -74,22 +74,25 @@ def check_plan_data(plan, index, home: Path, online: bool, config_path: Path | N
     from evalchemy.errors import PreflightError
 
     missing_local, unusable = local_dataset_problems(plan)
-    missing_hub = missing_datasets(plan, index, home) if index is not None and not online else []
+    missing_lm_eval = missing_datasets(plan, index, home) if index is not None and not online else []
+    missing_hub = [line for line, hub in missing_lm_eval if hub]
+    missing_files = [line for line, hub in missing_lm_eval if not hub]
     parts = []
-    if missing_local or missing_hub:
+    if missing_local or missing_lm_eval:
         parts.append("datasets missing on this machine" + ("" if online else " (runs are offline)") + ":\n  " +
-                     "\n  ".join(missing_local + missing_hub))
+                     "\n  ".join(missing_local + [line for line, _ in missing_lm_eval]))
     if unusable:
         parts.append("datasets that cannot be used as they are:\n  " + "\n  ".join(unusable))
-    if missing_local:
+    if missing_local or missing_hub:
         config = f" --config {config_path}" if config_path else ""
         data_dir = f" --data-dir {plan.data_dir}" if plan.data_dir else ""
-        parts.append(f"import the local datasets from an archive made on a connected machine: "
-                     f"scripts/import_data.sh ARCHIVE{data_dir} (made there with "
-                     f"scripts/export_data.sh{config} --output ARCHIVE)")
+        parts.append(f"import them from an archive made on a connected machine: scripts/import_data.sh "
+                     f"ARCHIVE{data_dir} (made there with scripts/export_data.sh{config} --output ARCHIVE)")
     if missing_hub:
-        parts.append("copy them here (local files, or the Hugging Face cache), or pass --online to let lm-eval "
-                     "download them")
+        parts.append("lm-eval's hub datasets can also come from a copy of the Hugging Face datasets cache, or pass "
+                     "--online to let lm-eval download them")
+    if missing_files:
+        parts.append("the data files a task YAML names must be on this machine: copy them there")
     if parts:
         raise PreflightError("\n".join(parts))
 
@@ -116,26 +119,27 @@ def local_dataset_problems(plan) -> tuple[list[str], list[str]]:
     return missing, unusable
 
 
-def missing_datasets(plan, index, home: Path) -> list[str]:
-    """One line per lm-eval task of the plan whose data is not on this machine."""
-    problems: list[str] = []
+def missing_datasets(plan, index, home: Path) -> list[tuple[str, bool]]:
+    """(line, whether it is a hub dataset) per lm-eval task of the plan whose data is not on this machine."""
+    problems: list[tuple[str, bool]] = []
     seen: set[str] = set()
     for bench in plan.to_run:
         for run in bench.runs:
             for name in run.tasks if run.dataset is None else ():
                 for task in index.leaf_tasks(name):
-                    if task in seen or "file" not in index.tasks.get(task, {}):
+                    if task in seen or task in run.hub_copies or "file" not in index.tasks.get(task, {}):
                         continue
                     seen.add(task)
                     entry = index.tasks[task]
                     info = task_dataset(Path(entry["dir"]) / entry["file"])
-                    problem = _problem(task, info, home)
+                    problem = _problem(task, info, home, plan.data_dir)
                     if problem:
-                        problems.append(f"{bench.name}: {problem}")
+                        hub = info.get("dataset_path") not in FILE_BUILDERS
+                        problems.append((f"{bench.name}: {problem}", hub))
     return problems
 
 
-def _problem(task: str, info: dict, home: Path) -> str | None:
+def _problem(task: str, info: dict, home: Path, data_dir: Path | None = None) -> str | None:
     path = info.get("dataset_path")
     if not isinstance(path, str) or not path:
         return None  # a custom loader: nothing to check here
@@ -149,6 +153,15 @@ def _problem(task: str, info: dict, home: Path) -> str | None:
     name = info.get("dataset_name") if isinstance(info.get("dataset_name"), str) else None
     if hf_datasets_cached(path, name):
         return None
+    if data_dir is not None:
+        from evalchemy import localdata
+
+        copy = localdata.hub_copy_dir(data_dir, path, name)
+        if copy.exists():
+            try:
+                localdata.saved_splits(copy)
+            except localdata.DataError as err:
+                return f"task {task}: {err}"
     what = f"{path!r}" + (f" ({name})" if name else "")
     return f"task {task}: dataset {what} is not on this machine (not a local folder, not in the Hugging Face " \
-        "datasets cache)"
+        "datasets cache, no copy in the data folder)"

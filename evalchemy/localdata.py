@@ -378,3 +378,91 @@ def write_task_file(cache_dir: Path, task: str, data_path: Path, subset: str | N
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(target)
     return folder
+
+
+# --- copies of lm-eval's hub datasets in the data folder ----------------------------------------------------------
+#
+# An lm-eval task that loads a hub dataset (arc_easy: allenai/ai2_arc, ARC-Easy) runs on a closed machine from the
+# datasets cache, or from a save_to_disk copy at <data folder>/hub/<repo>/<config or default> that
+# scripts/export_data.sh makes on a connected machine. With a copy there, the run overrides the task with a task file
+# that includes lm-eval's own and reads the copy's Arrow files (the splits keep their hub names).
+
+HUB_DIR = "hub"
+
+
+def hub_copy_dir(data_dir: Path, dataset_path: str, dataset_name: str | None) -> Path:
+    return data_dir / HUB_DIR / dataset_path / (dataset_name or "default")
+
+
+def is_hub_id(dataset_path: object, home: Path) -> bool:
+    """Whether a task's ``dataset_path`` names a hub dataset (not a file builder, not a folder on this machine)."""
+    from evalchemy.data import FILE_BUILDERS
+
+    return isinstance(dataset_path, str) and bool(dataset_path) and dataset_path not in FILE_BUILDERS and \
+        not (home / dataset_path).expanduser().exists() and not Path(dataset_path).is_absolute()
+
+
+def saved_splits(folder: Path) -> dict[str, tuple[Path, ...]]:
+    """The splits of a ``save_to_disk`` DatasetDict under their own names, or DataError."""
+    listing = folder / "dataset_dict.json"
+    if not listing.is_file():
+        raise MissingData(f"no saved copy at {folder}")
+    splits = {}
+    for name in json.loads(listing.read_text(encoding="utf-8")).get("splits", []):
+        if not (folder / name / "state.json").is_file():
+            raise DataError(f"{folder}: split {name!r} is listed in dataset_dict.json but not saved (an incomplete "
+                            "copy?)")
+        files = tuple(_save_to_disk_files(folder / name))
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{folder}: {missing[0]} is missing (an incomplete copy?)")
+        splits[name] = files
+    return splits
+
+
+def saved_files(folder: Path) -> list[Path]:
+    """Every file of a ``save_to_disk`` DatasetDict (what an export carries)."""
+    files = [folder / "dataset_dict.json"]
+    for name, data in saved_splits(folder).items():
+        files += [folder / name / "state.json", folder / name / "dataset_info.json", *data]
+    return files
+
+
+def count_rows(files) -> int:
+    import pyarrow as pa
+
+    total = 0
+    for file in files:
+        try:
+            with pa.memory_map(str(file)) as source:
+                total += pa.ipc.open_stream(source).read_all().num_rows
+        except Exception as err:  # pyarrow's errors name the damage
+            raise DataError(f"{file}: cannot be read as arrow: {err}") from None
+    return total
+
+
+def hub_override_yaml(task: str, original: Path, splits: dict[str, tuple[Path, ...]]) -> str:
+    lines = [f"# Written by evalchemy: lm-eval's {task} on the copy of its dataset in the data folder.",
+             f"include: {json.dumps(str(original))}",
+             f"task: {json.dumps(task)}",
+             "dataset_path: arrow",
+             "dataset_name: null",
+             "dataset_kwargs:",
+             "  data_files:"]
+    for name, files in splits.items():
+        lines.append(f"    {json.dumps(name)}: [{', '.join(json.dumps(str(f), ensure_ascii=False) for f in files)}]")
+    return "\n".join(lines) + "\n"
+
+
+def write_hub_overrides(cache_dir: Path, overrides: dict[str, str]) -> Path:
+    """Write {task: yaml text} into one folder named by their content and return it."""
+    digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(overrides.items())).encode()).hexdigest()[:16]
+    folder = cache_dir / "hub_copies" / digest
+    for task, text in overrides.items():
+        target = folder / f"{task}.yaml"
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target)
+    return folder

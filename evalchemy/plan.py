@@ -86,6 +86,7 @@ class TaskRun:
     needs_loglikelihood: bool
     dataset: DatasetSpec | None = None  # local KMMLU-format data this entry runs on
     data_path: str | None = None  # the dataset's path on this machine
+    hub_copies: tuple[str, ...] = ()  # lm-eval tasks that read the copy of their hub dataset in the data folder
 
 
 @dataclass
@@ -133,6 +134,13 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
             needs_ll = needs_ll or index.needs_loglikelihood(name)
         else:
             needs_ll = True
+    hub_copies: tuple[str, ...] = ()
+    if entry.dataset is None and index is not None and local_tasks is not None:
+        override = _hub_copy_overrides(entry, index, local_tasks)
+        if override:
+            folder, hub_copies = override
+            folders.append(folder)  # last: its tasks replace lm-eval's own of the same name
+            include_paths = (*include_paths, folder)
     user_includes = tuple(p for p in include_paths if any(f == p or f.startswith(p.rstrip("/") + "/") for f in folders))
     output_dir = entry.output_path or f"lm_eval/{bench}/{entry.name}"
     return TaskRun(
@@ -154,7 +162,38 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
         needs_loglikelihood=needs_ll,
         dataset=entry.dataset,
         data_path=str(data_path) if data_path else None,
+        hub_copies=hub_copies,
     )
+
+
+def _hub_copy_overrides(entry: TaskEntry, index, local_tasks: LocalTasks) -> tuple[str, tuple[str, ...]] | None:
+    """(folder of override task files, their task names) for the entry's lm-eval tasks whose hub dataset has a
+    saved copy in the data folder; None when none has."""
+    from evalchemy import localdata
+    from evalchemy.data import task_dataset
+
+    if not (local_tasks.data_dir / localdata.HUB_DIR).is_dir():
+        return None
+    home = Path(os.environ.get("EVALCHEMY_HOME") or os.getcwd())
+    overrides: dict[str, str] = {}
+    for name in entry.tasks:
+        for task in index.leaf_tasks(name):
+            info = index.tasks.get(task, {})
+            if "file" not in info:
+                continue
+            original = Path(info["dir"]) / info["file"]
+            dataset = task_dataset(original)
+            if not localdata.is_hub_id(dataset["dataset_path"], home):
+                continue
+            copy = localdata.hub_copy_dir(local_tasks.data_dir, dataset["dataset_path"], dataset["dataset_name"])
+            try:
+                splits = localdata.saved_splits(copy)
+            except localdata.DataError:
+                continue  # the data check reports a broken copy
+            overrides[task] = localdata.hub_override_yaml(task, original, splits)
+    if not overrides:
+        return None
+    return str(localdata.write_hub_overrides(local_tasks.cache_dir, overrides)), tuple(sorted(overrides))
 
 
 @dataclass(frozen=True)
@@ -188,8 +227,7 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
     defaults. A benchmark's priority is the highest priority among the entries it runs.
     """
     include_paths = tuple(str(p) for p in include_paths)
-    if local_tasks is None and any(e.dataset for e in config.tasks.values()):
-        local_tasks = LocalTasks()
+    local_tasks = local_tasks or LocalTasks()
     planned: list[BenchmarkPlan] = []
     for bench in config.benchmarks.values():
         plan = BenchmarkPlan(name=bench.name, description=bench.description, enabled=bench.enabled,
@@ -214,7 +252,7 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
     order = {name: i for i, name in enumerate(config.benchmarks)}
     planned.sort(key=lambda b: (b.skip_reason is not None, PRIORITIES.index(b.priority) if b.priority in PRIORITIES
                                 else len(PRIORITIES), order[b.name]))
-    return Plan(benchmarks=planned, data_dir=local_tasks.data_dir if local_tasks else None)
+    return Plan(benchmarks=planned, data_dir=local_tasks.data_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------------

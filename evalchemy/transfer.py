@@ -70,7 +70,8 @@ def _relative(data_dir: Path, path: Path) -> str:
 # --- export -----------------------------------------------------------------------------------------------------
 
 def entries_to_export(config: Config, benchmarks: tuple[str, ...] = ()) -> list[TaskEntry]:
-    """The dataset entries a config needs: those of its enabled benchmarks, or of the benchmarks named."""
+    """The task entries a config runs: those of its enabled benchmarks, or of the benchmarks named (even when
+    disabled). A benchmark's name with no entry is an lm-eval task run with defaults."""
     unknown = [b for b in benchmarks if b not in config.benchmarks]
     if unknown:
         raise UsageError(f"--benchmark {unknown[0]}: not a benchmark of {config.path} (it has: "
@@ -80,14 +81,52 @@ def entries_to_export(config: Config, benchmarks: tuple[str, ...] = ()) -> list[
     found: list[TaskEntry] = []
     for bench in chosen:
         for name in bench.tasks:
-            entry = config.tasks.get(name)
-            if entry is not None and entry.dataset is not None and (entry.enabled or benchmarks) and entry not in found:
+            entry = config.tasks.get(name) or TaskEntry(name=name, tasks=(name,))
+            if (entry.enabled or benchmarks) and entry not in found:
                 found.append(entry)
-    if not found:
-        what = f"benchmark{'s' if len(benchmarks) > 1 else ''} {', '.join(benchmarks)}" if benchmarks else \
-            "enabled benchmarks"
-        raise UsageError(f"{config.path}: no task of the {what} has a dataset block, so there is nothing to export")
     return found
+
+
+def hub_tasks(entry: TaskEntry, index, home: Path) -> list[tuple[str, str, str | None, dict]]:
+    """(task, dataset_path, dataset_name, dataset_kwargs) of the entry's lm-eval tasks that load a hub dataset."""
+    from evalchemy.data import task_dataset
+
+    found = []
+    for name in entry.tasks:
+        for task in index.leaf_tasks(name):
+            info = index.tasks.get(task, {})
+            if "file" not in info:
+                continue
+            dataset = task_dataset(Path(info["dir"]) / info["file"])
+            if localdata.is_hub_id(dataset["dataset_path"], home):
+                found.append((task, dataset["dataset_path"], dataset["dataset_name"],
+                              dataset["dataset_kwargs"] if isinstance(dataset["dataset_kwargs"], dict) else {}))
+    return found
+
+
+def fetch_hub_copy(task: str, path: str, name: str | None, kwargs: dict, target: Path) -> None:
+    """Load an lm-eval task's hub dataset and ``save_to_disk`` it at ``target`` (connected machine only)."""
+    what = path + (f" ({name})" if name else "")
+    logger.info("task %s: fetching %s into %s", task, what, target)
+    _load_and_save(lambda load: load(path, name, **kwargs), target,
+                   f"task {task}: cannot fetch {what}", target)
+
+
+def _load_and_save(load, target: Path, failure: str, where: Path) -> None:
+    try:
+        from datasets import load_dataset
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+        loaded = load(load_dataset)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.fetching"
+        shutil.rmtree(staging, ignore_errors=True)
+        loaded.save_to_disk(str(staging))
+        staging.replace(target)
+    except Exception as err:  # noqa: BLE001 - the hub's errors are many; the message carries the cause
+        raise DataError(f"{failure}: {type(err).__name__}: {err}; export needs a machine that reaches the hub (or "
+                        f"put the data at {where} first)") from None
 
 
 def fetch_source(entry: TaskEntry, target: Path) -> None:
@@ -97,31 +136,44 @@ def fetch_source(entry: TaskEntry, target: Path) -> None:
     assert spec is not None and spec.source_repo
     what = spec.source_repo + (f" ({spec.source_subset})" if spec.source_subset else "")
     logger.info("task %s: fetching %s into %s", entry.name, what, target)
-    try:
-        from datasets import load_dataset
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
-        loaded = load_dataset(spec.source_repo, spec.source_subset, revision=spec.source_revision)
-        staging = target.parent / f".{target.name}.fetching"
-        shutil.rmtree(staging, ignore_errors=True)
-        loaded.save_to_disk(str(staging))
-        staging.replace(target)
-    except Exception as err:  # noqa: BLE001 - the hub's errors are many; the message carries the cause
-        raise DataError(f"task {entry.name}: cannot fetch {what}: {type(err).__name__}: {err}; export needs a "
-                        "machine that reaches the hub (or put the data at " f"{target} first)") from None
+    _load_and_save(lambda load: load(spec.source_repo, spec.source_subset, revision=spec.source_revision), target,
+                   f"task {entry.name}: cannot fetch {what}", target)
 
 
-def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tuple[str, ...] = ()) -> TransferReport:
-    """Write every dataset the config needs into ``output`` (fetching ``source`` data that is not in the data
-    folder yet). DataError or UsageError when a dataset cannot be exported; no archive is left behind then."""
+def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tuple[str, ...] = (), index=None,
+                   home: Path | None = None) -> TransferReport:
+    """Write every dataset the config needs into ``output``: its tasks' local datasets (fetching ``source`` data that
+    is not in the data folder yet) and, with ``index``, saved copies of the hub datasets its lm-eval tasks load.
+    DataError or UsageError when a dataset cannot be exported; no archive is left behind then."""
     data_dir = data_dir.resolve()
+    home = home or Path.cwd()
     report = TransferReport(archive=output, data_dir=data_dir)
     datasets_entries: list[dict] = []
     files: dict[str, Path] = {}
     for entry in entries_to_export(config, benchmarks):
+        if entry.dataset is None:
+            for task, path, name, kwargs in hub_tasks(entry, index, home) if index is not None else []:
+                copy = localdata.hub_copy_dir(data_dir, path, name)
+                rel = _relative(data_dir, copy)
+                if any(d["path"] == rel for d in datasets_entries):
+                    continue
+                state = "exported"
+                if not copy.exists():
+                    fetch_hub_copy(task, path, name, kwargs, copy)
+                    state = "fetched"
+                try:
+                    splits = localdata.saved_splits(copy)
+                    counts = {split: localdata.count_rows(data) for split, data in splits.items()}
+                    saved = localdata.saved_files(copy)
+                except DataError as err:
+                    raise DataError(f"task {task}: {err}") from None
+                for file in saved:
+                    files[_relative(data_dir, file)] = file
+                datasets_entries.append({"task": task, "path": rel, "subset": name, "kind": "hub-copy",
+                                         "splits": counts})
+                report.datasets.append(DatasetReport(task, rel, "hub-copy", counts, state))
+            continue
         spec = entry.dataset
-        assert spec is not None
         path = localdata.resolve(data_dir, spec.path)
         try:
             rel = _relative(data_dir, path)
@@ -146,6 +198,11 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
         datasets_entries.append({"task": entry.name, "path": rel, "subset": spec.subset, "kind": data.kind,
                                  "answers": spec.answers, "splits": counts})
         report.datasets.append(DatasetReport(entry.name, rel, data.kind, counts, state))
+    if not datasets_entries:
+        what = f"benchmark{'s' if len(benchmarks) > 1 else ''} {', '.join(benchmarks)}" if benchmarks else \
+            "enabled benchmarks"
+        raise UsageError(f"{config.path}: the {what} need no dataset that an archive can carry (no dataset block, "
+                         "no lm-eval task loading a hub dataset), so there is nothing to export")
     manifest = {
         "format": ARCHIVE_FORMAT,
         "version": ARCHIVE_VERSION,
@@ -272,8 +329,12 @@ def _verify(archive: Path, manifest: dict, seen: dict[str, tuple[int, str]], sta
     datasets = [d for d in manifest.get("datasets", []) if isinstance(d, dict)]
     for item in datasets:
         try:
-            data = localdata.detect(staging / item["path"], item.get("subset"))
-            counts = localdata.check(data, item.get("answers", localdata.DEFAULT_ANSWERS))
+            if item.get("kind") == "hub-copy":
+                counts = {split: localdata.count_rows(data)
+                          for split, data in localdata.saved_splits(staging / item["path"]).items()}
+            else:
+                data = localdata.detect(staging / item["path"], item.get("subset"))
+                counts = localdata.check(data, item.get("answers", localdata.DEFAULT_ANSWERS))
         except (KeyError, TypeError):
             raise _damaged(archive, f"{MANIFEST} has a malformed dataset entry") from None
         except DataError as err:

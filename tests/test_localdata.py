@@ -367,7 +367,7 @@ def test_missing_local_dataset_stops_the_run_and_names_the_import_command(server
     assert done.returncode == 3, done.stderr
     assert ("datasets missing on this machine (runs are offline):\n"
             f"  kmmlu: task kmmlu_insurance: no data at {data / 'kmmlu' / 'insurance'}\n"
-            "import the local datasets from an archive made on a connected machine: scripts/import_data.sh ARCHIVE "
+            "import them from an archive made on a connected machine: scripts/import_data.sh ARCHIVE "
             f"--data-dir {data} (made there with scripts/export_data.sh --config {config} --output ARCHIVE)"
             ) in done.stderr
     assert len(server.requests) == before
@@ -516,3 +516,59 @@ def test_hub_datasets_count_as_present_only_in_the_datasets_cache(tmp_path):
     assert hf_datasets_cached("allenai/ai2_arc", "ARC-Challenge")
     (home / "datasets" / "openai___gsm8k" / "main-8f3a" / "0.0.0").mkdir(parents=True)
     assert hf_datasets_cached("openai/gsm8k", "main") and hf_datasets_cached("openai/gsm8k")
+
+
+def test_lm_eval_hub_tasks_travel_in_the_archive(write_config, tmp_path, tokenizer):
+    """An lm-eval task that loads a hub dataset: export saves a copy of it into the archive (fetched with
+    load_dataset; a local repo folder of that name stands in for the hub), the closed machine stops with exit 3
+    before import and scores it from the copy after, with lm-eval's own task definition."""
+    from tests.test_run import FAVOURED
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "hub_capitals.yaml").write_text(
+        "task: demo_hub_capitals\ndataset_path: testorg/capitals\ndataset_name: main\noutput_type: multiple_choice\n"
+        "test_split: test\nfewshot_split: validation\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\nmetadata:\n  version: 1\n",
+        encoding="utf-8")
+    repo = tmp_path / "connected" / "testorg" / "capitals"
+    rows = [{"question": q, "choices": c, "answer": a} for q, c, a in taskdata.CAPITALS]
+    taskdata.write_rows(repo / "data" / "test.jsonl", rows[1:])
+    taskdata.write_rows(repo / "data" / "validation.jsonl", rows[:1])
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: main\n  data_files:\n  - split: test\n    path: "
+                                    "data/test.jsonl\n  - split: validation\n    path: data/validation.jsonl\n---\n",
+                                    encoding="utf-8")
+    config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["demo_hub_capitals"]}},
+                           "tasks": {"demo_hub_capitals": {"enabled": True, "num_fewshot": 1}}})
+    archive = tmp_path / "hub.tar.gz"
+    done = script("export_data.sh", "--config", str(config), "--include-path", str(tasks), "--data-dir",
+                  str(tmp_path / "connected" / "data"), "--output", str(archive), cwd=tmp_path / "connected")
+    assert done.returncode == 0, done.stderr
+    assert "fetched hub/testorg/capitals/main for task demo_hub_capitals (hub-copy: test 5, validation 1 rows)" \
+        in done.stderr
+
+    closed = tmp_path / "closed"
+    with TestServer(tokenizer, "test-model", answers={"favoured": sorted(FAVOURED)}) as srv:
+        common = ["--endpoint", srv.base_url, "--config", str(config), "--include-path", str(tasks), "--output",
+                  str(tmp_path / "o"), "--data-dir", str(closed)]
+        before = run_cli(*common, "--run-id", "before")
+        assert before.returncode == 3, before.stderr
+        assert ("  capitals: task demo_hub_capitals: dataset 'testorg/capitals' (main) is not on this machine (not a "
+                "local folder, not in the Hugging Face datasets cache, no copy in the data folder)\n"
+                "import them from an archive made on a connected machine: scripts/import_data.sh ARCHIVE --data-dir "
+                f"{closed} (made there with scripts/export_data.sh --config {config} --output ARCHIVE)") in before.stderr
+        assert srv.requests == []
+        imported = script("import_data.sh", str(archive), "--data-dir", str(closed))
+        assert imported.returncode == 0, imported.stderr
+        after = run_cli(*common, "--run-id", "after")
+        assert after.returncode == 0, after.stderr
+    summary = json.loads((tmp_path / "o" / "after" / "evalchemy_summary_after.json").read_text(encoding="utf-8"))
+    # the first capital question is the few-shot example (validation split); the other five are scored, each by the
+    # server's rule: a choice's score is the sum over its words of -0.1 if favoured else -2.0
+    scored = taskdata.CAPITALS[1:]
+    right = sum(max(range(4), key=lambda i: (sum(-0.1 if w in FAVOURED else -2.0 for w in c[i].split()), -i)) == a
+                for _, c, a in scored)
+    assert summary["benchmarks"]["capitals"]["metrics"]["demo_hub_capitals"]["acc"]["value"] == pytest.approx(
+        right / len(scored))
+    assert summary["benchmarks"]["capitals"]["requests"]["sent"] == requests_for(len(scored))

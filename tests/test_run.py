@@ -528,8 +528,13 @@ def test_missing_datasets_stop_the_run_before_any_request(assets, server, write_
     assert ("datasets missing on this machine (runs are offline):\n"
             f"  gone: task demo_gone: data file {assets['data_dir'] / 'gone.jsonl'} not found\n"
             "  arc: task arc_easy: dataset 'allenai/ai2_arc' (ARC-Easy) is not on this machine (not a local folder, not "
-            "in the Hugging Face datasets cache)\n"
-            "copy them here (local files, or the Hugging Face cache), or pass --online to let lm-eval download them"
+            "in the Hugging Face datasets cache, no copy in the data folder)\n"
+            "import them from an archive made on a connected machine: scripts/import_data.sh ARCHIVE --data-dir "
+            f"{PROJECT / 'data' / 'benchmarks'} (made there with scripts/export_data.sh --config {config} --output "
+            "ARCHIVE)\n"
+            "lm-eval's hub datasets can also come from a copy of the Hugging Face datasets cache, or pass --online to "
+            "let lm-eval download them\n"
+            "the data files a task YAML names must be on this machine: copy them there"
             ) in done.stderr
     assert server.requests == []
     config = write_config({"benchmarks": {"gone": {"enabled": True, "tasks": ["demo_gone"]},
