@@ -182,7 +182,6 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
                              "archive carries paths inside it; move the data there and give a relative path") from None
         state = "exported"
         if not path.exists() and spec.source_repo:
-            path.parent.mkdir(parents=True, exist_ok=True)
             fetch_source(entry, path)
             state = "fetched"
         try:
