@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,13 +372,18 @@ def write_task_file(cache_dir: Path, task: str, data_path: Path, subset: str | N
     """Write the entry's task file into its own folder (named by its content) and return the folder."""
     text = task_yaml(task, data_path, subset, answers)
     folder = cache_dir / "local_tasks" / hashlib.sha256(text.encode()).hexdigest()[:16]
-    target = folder / f"{task}.yaml"
-    if not target.is_file() or target.read_text(encoding="utf-8") != text:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
+    _write_if_changed(folder / f"{task}.yaml", text)
     return folder
+
+
+def _write_if_changed(target: Path, text: str) -> None:
+    """Write ``text`` to ``target`` atomically, unless it already holds it (runs may share the cache)."""
+    if target.is_file() and target.read_text(encoding="utf-8") == text:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
 
 
 # --- copies of lm-eval's hub datasets in the data folder ----------------------------------------------------------
@@ -459,10 +465,5 @@ def write_hub_overrides(cache_dir: Path, overrides: dict[str, str]) -> Path:
     digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(overrides.items())).encode()).hexdigest()[:16]
     folder = cache_dir / "hub_copies" / digest
     for task, text in overrides.items():
-        target = folder / f"{task}.yaml"
-        if not target.is_file() or target.read_text(encoding="utf-8") != text:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(target)
+        _write_if_changed(folder / f"{task}.yaml", text)
     return folder
