@@ -572,3 +572,29 @@ def test_lm_eval_hub_tasks_travel_in_the_archive(write_config, tmp_path, tokeniz
     assert summary["benchmarks"]["capitals"]["metrics"]["demo_hub_capitals"]["acc"]["value"] == pytest.approx(
         right / len(scored))
     assert summary["benchmarks"]["capitals"]["requests"]["sent"] == requests_for(len(scored))
+
+
+def test_dry_run_command_of_a_dataset_entry_runs_as_printed(invoke, server, write_config, tokenizer, tmp_path):
+    """What users copy is what runs: the printed `lm_eval run …` line, run by lm-eval's own CLI, scores the local
+    data as the runner does."""
+    import shlex
+    import sys
+
+    data = tmp_path / "store"
+    taskdata.write_save_to_disk(data / "kmmlu" / "finance", {"dev": taskdata.kmmlu_rows("finance", "dev"),
+                                                             "test": taskdata.kmmlu_rows("finance")})
+    config = write_config({"benchmarks": {"k": {"enabled": True, "tasks": ["kmmlu_finance"]}},
+                           "tasks": {"kmmlu_finance": entry("kmmlu/finance", "금융", num_fewshot=2)}})
+    result = invoke("--dry-run", "--config", str(config), "--endpoint", server.base_url, "--model", "test-model",
+                    "--tokenizer", str(tokenizer), "--data-dir", str(data), "--output", str(tmp_path / "o"),
+                    "--run-id", "copy")
+    assert result.exit_code == 0, result.stderr
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("lm_eval run ")]
+    argv = shlex.split(line)
+    argv[0] = str(Path(sys.executable).parent / "lm_eval")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [results] = list((tmp_path / "o" / "copy").rglob("results_*.json"))
+    scores = json.loads(results.read_text(encoding="utf-8"))["results"]["kmmlu_finance"]
+    assert scores["acc,none"] == pytest.approx(taskdata.expected_accuracy("finance"))
