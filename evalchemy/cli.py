@@ -119,7 +119,8 @@ def print_benchmarks(cfg, plan) -> None:
             task_label = name if entry is None or entry.enabled else f"{name} (disabled)"
             row = [number if first else "", bench.name if first else "", enabled if first else "",
                    bench.description if first else "", task_label,
-                   ", ".join(entry.tasks if entry else (name,))]
+                   f"KMMLU format on {entry.dataset.path}" if entry and entry.dataset
+                   else ", ".join(entry.tasks if entry else (name,))]
             source = run or entry
             row += [
                 "-" if source is None or source.num_fewshot is None else str(source.num_fewshot),

@@ -111,13 +111,14 @@ def _card_configs(folder: Path) -> list[dict] | None:
 
 
 def _card_splits(folder: Path, config: dict) -> dict[str, list[Path]]:
+    """A card config's ``data_files``: a list of {split, path} (path a glob or a list of globs), or bare globs,
+    which the hub reads as the train split."""
+    data_files = config.get("data_files") or []
+    if isinstance(data_files, str):
+        data_files = [data_files]
     splits: dict[str, list[Path]] = {}
-    data_files = config.get("data_files")
-    entries = [{"split": "train", "path": data_files}] if isinstance(data_files, (str, list)) and not (
-        isinstance(data_files, list) and data_files and isinstance(data_files[0], dict)) else data_files or []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
+    for item in data_files if isinstance(data_files, list) else []:
+        entry = item if isinstance(item, dict) else {"split": "train", "path": item}
         split = SPLITS.get(str(entry.get("split", "train")).lower())
         patterns = entry.get("path")
         for pattern in [patterns] if isinstance(patterns, str) else patterns or []:
@@ -226,12 +227,12 @@ def read_file(file: Path) -> list[dict]:
                 return list(csv.DictReader(handle))
         if kind in ("jsonl", "json"):
             text = file.read_text(encoding="utf-8-sig")
-            stripped = text.lstrip()
-            if kind == "json" and stripped.startswith("["):
-                rows = json.loads(text)
-            elif kind == "json" and stripped.startswith("{") and '"data"' in stripped[:200] and "\n{" not in text:
-                rows = json.loads(text).get("data", [])
-            else:
+            whole = _whole_json(text) if kind == "json" else None
+            if isinstance(whole, list):  # a JSON array of rows
+                rows = whole
+            elif isinstance(whole, dict) and isinstance(whole.get("data"), list):  # {"data": [rows]}
+                rows = whole["data"]
+            else:  # JSON Lines
                 rows = [json.loads(line) for line in text.splitlines() if line.strip()]
             if not all(isinstance(r, dict) for r in rows):
                 raise DataError(f"{file}: every row must be a JSON object")
@@ -256,6 +257,13 @@ def read_file(file: Path) -> list[dict]:
     except Exception as err:  # pyarrow's own errors (ArrowInvalid, ...) name the damage
         raise DataError(f"{file}: cannot be read as {kind}: {err}") from None
     raise DataError(f"{file}: not a data file")
+
+
+def _whole_json(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def read_split(data: LocalData, split: str) -> list[dict]:
