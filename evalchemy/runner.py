@@ -206,6 +206,11 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
             argv = lm_eval_argv(outcome.run, _public(model_settings, public_url),
                                 str(run_dir / outcome.run.output_dir), use_cache)
             entry["lm_eval_command"] = shell_line(argv)
+        run = outcome.run
+        if run.dataset is not None:
+            entry["data"] = {"path": run.data_path, "subset": run.dataset.subset, "answers": run.dataset.answers}
+        if run.hub_copies:
+            entry["hub_copies"] = list(run.hub_copies)
         record.runs.append(entry)
     return record
 

@@ -9,8 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from evalchemy import localdata
+from evalchemy.config import load_schema
 from evalchemy.testserver import TestServer, build_test_tokenizer
 from tests import taskdata
 from tests.conftest import PROJECT
@@ -56,6 +58,7 @@ def run_on(server, config: Path, data: Path, out: Path, run_id: str) -> tuple[di
                    "--data-dir", str(data))
     assert done.returncode == 0, done.stderr
     summary = json.loads((out / run_id / f"evalchemy_summary_{run_id}.json").read_text(encoding="utf-8"))
+    Draft202012Validator(load_schema("summary.schema.json")).validate(summary)
     return summary, prompts_sent(server, before)
 
 
@@ -106,6 +109,9 @@ def test_ready_made_domains_give_korean_breakdown(server, write_config, tmp_path
     config = write_config(ready_made_config())
     summary, prompts = run_on(server, config, data, tmp_path / "o", "ko")
     assert summary["breakdown"]["benchmark"] == expected_breakdown("kmmlu")
+    runs = {r["entry"]: r for r in summary["benchmarks"]["kmmlu"]["runs"]}
+    assert runs["kmmlu_accounting"]["data"] == {"path": str(data / "hub" / "KMMLU"), "subset": "Accounting",
+                                                "answers": "1-4"}
     assert prompts == 4 * sum(DOMAIN_SIZES)
     assert summary["benchmarks"]["kmmlu"]["requests"]["sent"] == requests_for(*DOMAIN_SIZES)
     # few-shot examples come from the dev split (save_to_disk "dev"), in order, never from the test split
@@ -572,6 +578,7 @@ def test_lm_eval_hub_tasks_travel_in_the_archive(write_config, tmp_path, tokeniz
     assert summary["benchmarks"]["capitals"]["metrics"]["demo_hub_capitals"]["acc"]["value"] == pytest.approx(
         right / len(scored))
     assert summary["benchmarks"]["capitals"]["requests"]["sent"] == requests_for(len(scored))
+    assert summary["benchmarks"]["capitals"]["runs"][0]["hub_copies"] == ["demo_hub_capitals"]
 
 
 def test_dry_run_command_of_a_dataset_entry_runs_as_printed(invoke, server, write_config, tokenizer, tmp_path):
