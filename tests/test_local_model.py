@@ -251,12 +251,7 @@ def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokeni
                               batch_size=local_model.BATCH_SIZE,
                               task_manager=TaskManager(include_path=str(tasks), include_defaults=False))["results"]
 
-    correct = 0
-    for row in mc_rows:
-        context = f"Question: {row['question']}\nAnswer:"
-        ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
-        scores = [sum(_echo(server, f"{context} {choice}")["token_logprobs"][ctxlen:-1]) for choice in row["choices"]]
-        correct += scores.index(max(scores)) == row["answer"]
+    correct = _mc_correct(server, tokenizer, mc_rows)
     assert 0 < correct  # (2 of 3 when written)
     assert results["tiny_mc"]["acc,none"] == pytest.approx(correct / len(mc_rows))
 
@@ -267,6 +262,18 @@ def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokeni
         matched += text.strip().lower() == row["target"].lower()
     assert 0 < matched < len(gen_rows)  # the comparison means something
     assert results["tiny_gen"]["exact_match,strip"] == pytest.approx(matched / len(gen_rows))
+
+
+def _mc_correct(server, tokenizer, rows: list[dict]) -> int:
+    """Questions the model gets right by its own log-probabilities: each choice scores the sum over its tokens
+    (the echo's last token is the generated one), the first maximum wins."""
+    correct = 0
+    for row in rows:
+        context = f"Question: {row['question']}\nAnswer:"
+        ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
+        scores = [sum(_echo(server, f"{context} {choice}")["token_logprobs"][ctxlen:-1]) for choice in row["choices"]]
+        correct += scores.index(max(scores)) == row["answer"]
+    return correct
 
 
 # --- through the runner (run_evalchemy.sh --endpoint local) -----------------------------------------------------
@@ -288,12 +295,7 @@ def test_multiple_choice_scores_equal_the_models_own_answers(tmp_path, tokenizer
     log-probabilities (sum over each choice's tokens, first maximum wins)."""
     summary = _run_demo(tmp_path, {"english_mc"})
     rows = [json.loads(line) for line in (DEMO / "en_mc.jsonl").read_text().splitlines()]
-    correct = 0
-    for row in rows:
-        context = f"Question: {row['question']}\nAnswer:"
-        ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
-        scores = [sum(_echo(server, f"{context} {choice}")["token_logprobs"][ctxlen:-1]) for choice in row["choices"]]
-        correct += scores.index(max(scores)) == row["answer"]
+    correct = _mc_correct(server, tokenizer, rows)
     measured = summary["benchmarks"]["english_mc"]["metrics"]["demo_en_mc"]["acc"]["value"]
     assert measured == pytest.approx(correct / len(rows))
     assert summary["endpoint"] == "local" and summary["model"] == MODEL_ID
