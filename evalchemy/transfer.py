@@ -349,10 +349,12 @@ def import_archive(archive: Path, data_dir: Path, replace: bool = False) -> Tran
     content are left alone; different ones are replaced only with ``replace``."""
     if not archive.is_file():
         raise UsageError(f"{archive}: no such file")
+    created = [p for p in (data_dir, *data_dir.parents) if not p.exists()]  # removed again if nothing lands
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir.resolve()
     report = TransferReport(archive=archive, data_dir=data_dir)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=data_dir))
+    imported = False
     try:
         manifest, seen = _extract(archive, staging)
         datasets = _verify(archive, manifest, seen, staging)
@@ -377,9 +379,16 @@ def import_archive(archive: Path, data_dir: Path, replace: bool = False) -> Tran
                                                  item["splits"], "imported" if touched else "unchanged"))
         report.files = len(moves)
         report.bytes = sum(size for size, _ in seen.values())
+        imported = True
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not imported:
+            for folder in created:  # deepest first: only the empty folders this call made
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _apply(moves: list[tuple[Path, Path]], staging: Path) -> None:

@@ -310,6 +310,11 @@ def test_damaged_archives_are_refused_and_the_data_folder_is_unchanged(exported,
         assert tree(closed) == before, name
         assert sorted(p.name for p in closed.iterdir()) == ["kmmlu"], name
     assert not (tmp_path / "evil.txt").exists()
+    # into a data folder that does not exist yet: a refused archive leaves no folder behind
+    fresh = tmp_path / "new" / "data"
+    done = script("import_data.sh", str(tmp_path / "cut.tar.gz"), "--data-dir", str(fresh))
+    assert done.returncode == 3
+    assert not (tmp_path / "new").exists()
 
 
 def test_different_data_needs_replace(exported):
