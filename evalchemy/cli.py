@@ -43,6 +43,18 @@ def home() -> Path:
     return Path(os.environ.get("EVALCHEMY_HOME") or os.getcwd())
 
 
+def data_dir_option(func):
+    return click.option("--data-dir", metavar="DIR",
+                        help="Where the tasks' local datasets are (dataset.path is relative to it). Default: "
+                             "$EVALCHEMY_DATA_DIR, else data/benchmarks.")(func)
+
+
+def resolve_data_dir(value: str | None) -> Path:
+    """``--data-dir``, else ``$EVALCHEMY_DATA_DIR``, else ``data/benchmarks`` in the project folder."""
+    chosen = value or os.environ.get("EVALCHEMY_DATA_DIR")
+    return (Path(chosen).expanduser() if chosen else home() / "data" / "benchmarks").resolve()
+
+
 def _stderr_console() -> Console:
     """Rich on stderr; under cron (no terminal) a fixed 120 columns so tables are not squeezed."""
     return Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 120)
@@ -328,9 +340,7 @@ class EvalchemyCommand(click.Command):
               help="Per-request timeout. Default: 120.")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
               help="Extra folder of lm-eval task YAMLs (repeatable). The project's tasks/ folder is always included.")
-@click.option("--data-dir", metavar="DIR",
-              help="Where the tasks' local datasets are (dataset.path is relative to it). Default: $EVALCHEMY_DATA_DIR, "
-                   "else data/benchmarks.")
+@data_dir_option
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, metavar="NAME",
               help="Environment variable holding the endpoint's API key (sent as a Bearer token, never written).")
 @click.option("--notify-url", metavar="URL",
@@ -388,9 +398,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         batch_size = 1
 
     cfg, index = _load(config_file, includes)
-    local_tasks = plan_mod.LocalTasks(data_dir=Path(data_dir).expanduser().resolve() if data_dir
-                                      else plan_mod.default_data_dir().resolve())
-    plan = plan_mod.build_plan(cfg, index, batch_size=batch_size, include_paths=includes, local_tasks=local_tasks,
+    local_tasks = plan_mod.LocalTasks(data_dir=resolve_data_dir(data_dir), home=home())
+    plan = plan_mod.build_plan(cfg, local_tasks, index, batch_size=batch_size, include_paths=includes,
                                concurrency=concurrency)
 
     if validate_config:
@@ -470,18 +479,6 @@ Exit codes:
 """
 
 
-def _data_dir_option(func):
-    return click.option("--data-dir", metavar="DIR",
-                        help="The data folder (dataset.path is relative to it). Default: $EVALCHEMY_DATA_DIR, else "
-                             "data/benchmarks.")(func)
-
-
-def _data_dir(value: str | None) -> Path:
-    from evalchemy.plan import default_data_dir
-
-    return (Path(value).expanduser() if value else default_data_dir()).resolve()
-
-
 def _rows(splits: dict) -> str:
     return ", ".join(f"{split} {n}" for split, n in splits.items()) + " rows"
 
@@ -496,7 +493,7 @@ def _rows(splits: dict) -> str:
               help="The archive to write (.tar.gz).")
 @click.option("--include-path", "include_paths", multiple=True, metavar="DIR",
               help="Extra folder of lm-eval task YAMLs (repeatable), as for the run.")
-@_data_dir_option
+@data_dir_option
 def export_data(config_path, benchmarks, output, include_paths, data_dir):
     """On a connected machine: pack the datasets a config needs into one archive with a manifest (names, splits,
     row counts, sha256 of every file): each dataset block's data, fetched from its dataset.source first when the
@@ -508,7 +505,7 @@ def export_data(config_path, benchmarks, output, include_paths, data_dir):
     setup_console_logging("INFO")
     config_file = Path(config_path) if config_path else home() / "configs" / "eval_config.json"
     cfg, index = _load(config_file, _include_paths(include_paths))
-    report = transfer.export_archive(cfg, _data_dir(data_dir), Path(output).expanduser().resolve(),
+    report = transfer.export_archive(cfg, resolve_data_dir(data_dir), Path(output).expanduser().resolve(),
                                      tuple(benchmarks), index=index, home=home())
     for item in report.datasets:
         click.echo(f"{item.state} {item.path} for task {item.task} ({item.kind}: {_rows(item.splits)})", err=True)
@@ -521,7 +518,7 @@ def export_data(config_path, benchmarks, output, include_paths, data_dir):
                epilog=TRANSFER_EXIT_CODES)
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--replace", is_flag=True, help="Overwrite files in the data folder that hold different data.")
-@_data_dir_option
+@data_dir_option
 def import_data(archive, replace, data_dir):
     """On the closed machine: check ARCHIVE (made by scripts/export_data.sh) against its manifest, every file's
     sha256 and every dataset's rows, then put its datasets into the data folder. A damaged, tampered or partial
@@ -530,7 +527,7 @@ def import_data(archive, replace, data_dir):
     from evalchemy import transfer
 
     setup_console_logging("INFO")
-    report = transfer.import_archive(archive, _data_dir(data_dir), replace=replace)
+    report = transfer.import_archive(archive, resolve_data_dir(data_dir), replace=replace)
     for item in report.datasets:
         click.echo(f"{item.state} {report.data_dir / item.path} for task {item.task} ({item.kind}: "
                    f"{_rows(item.splits)})", err=True)

@@ -26,6 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from evalchemy.errors import PreflightError
 
@@ -151,18 +152,12 @@ def detect(path: Path, subset: str | None = None) -> LocalData:
             raise DataError(f"{path}: not a data file (expected .jsonl, .json, .csv, .parquet or .arrow)")
         return LocalData(path, "file", {"test": (path,)}, (path,))
     if (path / "dataset_dict.json").is_file():
-        names = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        saved = saved_splits(path)
         splits: dict[str, list[Path]] = {}
-        files = [path / "dataset_dict.json"]
-        for name in names:
-            split_dir = path / name
-            if not (split_dir / "state.json").is_file():
-                raise DataError(f"{path}: split {name!r} is listed in dataset_dict.json but {split_dir} holds no "
-                                "saved dataset (an incomplete copy?)")
+        for name, files in saved.items():
             if SPLITS.get(name.lower()):
-                _add(splits, SPLITS[name.lower()], _save_to_disk_files(split_dir))
-            files += [split_dir / "state.json", split_dir / "dataset_info.json", *_save_to_disk_files(split_dir)]
-        return _finish(path, "save_to_disk", splits, files)
+                _add(splits, SPLITS[name.lower()], files)
+        return _finish(path, "save_to_disk", splits, saved_files(path, saved))
     if (path / "state.json").is_file():
         data = _save_to_disk_files(path)
         return _finish(path, "save_to_disk-dataset", {"test": data},
@@ -242,21 +237,24 @@ def read_file(file: Path) -> list[dict]:
 
             return pq.read_table(file).to_pylist()
         if kind == "arrow":
-            import pyarrow as pa
-
-            with pa.memory_map(str(file)) as source:
-                try:
-                    return pa.ipc.open_stream(source).read_all().to_pylist()
-                except pa.ArrowInvalid:
-                    source.seek(0)
-                    return pa.ipc.open_file(source).read_all().to_pylist()
+            return _arrow_table(file).to_pylist()
     except DataError:
         raise
-    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as err:
-        raise DataError(f"{file}: cannot be read as {kind}: {err}") from None
-    except Exception as err:  # pyarrow's own errors (ArrowInvalid, ...) name the damage
+    except Exception as err:  # OSError, JSON, CSV and pyarrow's own errors: each names the damage
         raise DataError(f"{file}: cannot be read as {kind}: {err}") from None
     raise DataError(f"{file}: not a data file")
+
+
+def _arrow_table(file: Path):
+    """An Arrow file: the stream format that ``save_to_disk`` writes, or the random-access file format."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(file)) as source:
+        try:
+            return pa.ipc.open_stream(source).read_all()
+        except pa.ArrowInvalid:
+            source.seek(0)
+            return pa.ipc.open_file(source).read_all()
 
 
 def _whole_json(text: str):
@@ -416,6 +414,32 @@ def is_hub_id(dataset_path: object, home: Path) -> bool:
         not (home / dataset_path).expanduser().exists() and not Path(dataset_path).is_absolute()
 
 
+class HubTask(NamedTuple):
+    task: str
+    yaml: Path  # lm-eval's own task file
+    dataset_path: str
+    dataset_name: str | None
+    dataset_kwargs: dict
+
+
+def hub_tasks(names, index, home: Path) -> list[HubTask]:
+    """The concrete lm-eval tasks behind ``names`` whose task file loads a hub dataset."""
+    from evalchemy.data import task_dataset
+
+    found = []
+    for name in names:
+        for task in index.leaf_tasks(name):
+            info = index.tasks.get(task, {})
+            if "file" not in info:
+                continue
+            yaml = Path(info["dir"]) / info["file"]
+            dataset = task_dataset(yaml)
+            if is_hub_id(dataset["dataset_path"], home):
+                kwargs = dataset["dataset_kwargs"] if isinstance(dataset["dataset_kwargs"], dict) else {}
+                found.append(HubTask(task, yaml, dataset["dataset_path"], dataset["dataset_name"], kwargs))
+    return found
+
+
 def saved_splits(folder: Path) -> dict[str, tuple[Path, ...]]:
     """The splits of a ``save_to_disk`` DatasetDict under their own names, or DataError."""
     listing = folder / "dataset_dict.json"
@@ -424,8 +448,8 @@ def saved_splits(folder: Path) -> dict[str, tuple[Path, ...]]:
     splits = {}
     for name in json.loads(listing.read_text(encoding="utf-8")).get("splits", []):
         if not (folder / name / "state.json").is_file():
-            raise DataError(f"{folder}: split {name!r} is listed in dataset_dict.json but not saved (an incomplete "
-                            "copy?)")
+            raise DataError(f"{folder}: split {name!r} is listed in dataset_dict.json but {folder / name} holds no "
+                            "saved dataset (an incomplete copy?)")
         files = tuple(_save_to_disk_files(folder / name))
         missing = [f for f in files if not f.is_file()]
         if missing:
@@ -434,25 +458,26 @@ def saved_splits(folder: Path) -> dict[str, tuple[Path, ...]]:
     return splits
 
 
-def saved_files(folder: Path) -> list[Path]:
-    """Every file of a ``save_to_disk`` DatasetDict (what an export carries)."""
+def saved_files(folder: Path, splits: dict[str, tuple[Path, ...]]) -> list[Path]:
+    """Every file of a ``save_to_disk`` DatasetDict with these ``saved_splits`` (what an export carries)."""
     files = [folder / "dataset_dict.json"]
-    for name, data in saved_splits(folder).items():
+    for name, data in splits.items():
         files += [folder / name / "state.json", folder / name / "dataset_info.json", *data]
     return files
 
 
-def count_rows(files) -> int:
-    import pyarrow as pa
-
-    total = 0
-    for file in files:
-        try:
-            with pa.memory_map(str(file)) as source:
-                total += pa.ipc.open_stream(source).read_all().num_rows
-        except Exception as err:  # pyarrow's errors name the damage
-            raise DataError(f"{file}: cannot be read as arrow: {err}") from None
-    return total
+def split_rows(splits: dict[str, tuple[Path, ...]]) -> dict[str, int]:
+    """Rows of each split of a ``save_to_disk`` DatasetDict."""
+    counts = {}
+    for name, files in splits.items():
+        total = 0
+        for file in files:
+            try:
+                total += _arrow_table(file).num_rows
+            except Exception as err:  # pyarrow's errors name the damage
+                raise DataError(f"{file}: cannot be read as arrow: {err}") from None
+        counts[name] = total
+    return counts
 
 
 def hub_override_yaml(task: str, original: Path, splits: dict[str, tuple[Path, ...]]) -> str:

@@ -6,7 +6,6 @@ prints and the keyword arguments the worker passes to ``lm_eval.simple_evaluate`
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from dataclasses import dataclass, field, replace
@@ -114,14 +113,13 @@ class Plan:
 
 
 def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurrency_override: int | None, index,
-               include_paths, local_tasks: LocalTasks | None) -> TaskRun:
+               include_paths, local_tasks: LocalTasks) -> TaskRun:
     folders: list[str] = []
     needs_ll = False
     data_path = None
     if entry.dataset is not None:
         from evalchemy import localdata
 
-        local_tasks = local_tasks or LocalTasks()
         data_path = localdata.resolve(local_tasks.data_dir, entry.dataset.path)
         folder = str(localdata.write_task_file(local_tasks.cache_dir, entry.name, data_path, entry.dataset.subset,
                                                entry.dataset.answers))
@@ -135,7 +133,7 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
         else:
             needs_ll = True
     hub_copies: tuple[str, ...] = ()
-    if entry.dataset is None and index is not None and local_tasks is not None:
+    if entry.dataset is None and index is not None:
         override = _hub_copy_overrides(entry, index, local_tasks)
         if override:
             folder, hub_copies = override
@@ -170,27 +168,17 @@ def _hub_copy_overrides(entry: TaskEntry, index, local_tasks: LocalTasks) -> tup
     """(folder of override task files, their task names) for the entry's lm-eval tasks whose hub dataset has a
     saved copy in the data folder; None when none has."""
     from evalchemy import localdata
-    from evalchemy.data import task_dataset
 
     if not (local_tasks.data_dir / localdata.HUB_DIR).is_dir():
         return None
-    home = Path(os.environ.get("EVALCHEMY_HOME") or os.getcwd())
     overrides: dict[str, str] = {}
-    for name in entry.tasks:
-        for task in index.leaf_tasks(name):
-            info = index.tasks.get(task, {})
-            if "file" not in info:
-                continue
-            original = Path(info["dir"]) / info["file"]
-            dataset = task_dataset(original)
-            if not localdata.is_hub_id(dataset["dataset_path"], home):
-                continue
-            copy = localdata.hub_copy_dir(local_tasks.data_dir, dataset["dataset_path"], dataset["dataset_name"])
-            try:
-                splits = localdata.saved_splits(copy)
-            except localdata.DataError:
-                continue  # the data check reports a broken copy
-            overrides[task] = localdata.hub_override_yaml(task, original, splits)
+    for hub in localdata.hub_tasks(entry.tasks, index, local_tasks.home):
+        try:
+            splits = localdata.saved_splits(localdata.hub_copy_dir(local_tasks.data_dir, hub.dataset_path,
+                                                                   hub.dataset_name))
+        except localdata.DataError:
+            continue  # the data check reports a broken copy
+        overrides[hub.task] = localdata.hub_override_yaml(hub.task, hub.yaml, splits)
     if not overrides:
         return None
     return str(localdata.write_hub_overrides(local_tasks.cache_dir, overrides)), tuple(sorted(overrides))
@@ -198,18 +186,12 @@ def _hub_copy_overrides(entry: TaskEntry, index, local_tasks: LocalTasks) -> tup
 
 @dataclass(frozen=True)
 class LocalTasks:
-    """Where local datasets are (``dataset.path`` is relative to ``data_dir``) and where their task files go."""
+    """Where local datasets are (``dataset.path`` is relative to ``data_dir``), the project folder (relative
+    ``dataset_path`` values of task YAMLs are read from it), and where the task files written for them go."""
 
-    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    data_dir: Path
+    home: Path
     cache_dir: Path = field(default_factory=lambda: _cache_dir())
-
-
-def default_data_dir() -> Path:
-    """``$EVALCHEMY_DATA_DIR``, else ``data/benchmarks`` in the project folder (``$EVALCHEMY_HOME``)."""
-    explicit = os.environ.get("EVALCHEMY_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(os.environ.get("EVALCHEMY_HOME") or os.getcwd()) / "data" / "benchmarks"
 
 
 def _cache_dir() -> Path:
@@ -218,8 +200,8 @@ def _cache_dir() -> Path:
     return cache_dir()
 
 
-def build_plan(config: Config, index=None, batch_size: int | None = None, include_paths=(),
-               local_tasks: LocalTasks | None = None, concurrency: int | None = None) -> Plan:
+def build_plan(config: Config, local_tasks: LocalTasks, index=None, batch_size: int | None = None, include_paths=(),
+               concurrency: int | None = None) -> Plan:
     """Benchmarks in execution order: by priority (high, medium, low), ties in config order.
 
     An enabled benchmark runs each name in its ``tasks``: a name with an entry in the ``tasks`` section takes that
@@ -227,7 +209,6 @@ def build_plan(config: Config, index=None, batch_size: int | None = None, includ
     defaults. A benchmark's priority is the highest priority among the entries it runs.
     """
     include_paths = tuple(str(p) for p in include_paths)
-    local_tasks = local_tasks or LocalTasks()
     planned: list[BenchmarkPlan] = []
     for bench in config.benchmarks.values():
         plan = BenchmarkPlan(name=bench.name, description=bench.description, enabled=bench.enabled,

@@ -198,6 +198,12 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 # -- server --------------------------------------------------------------------------------------------------------
 
 
+def prompt_count(body: dict) -> int:
+    """Prompts in a completions request: a list of strings or of token-id lists is several, anything else one."""
+    prompt = body.get("prompt")
+    return len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+
+
 class _Slots:
     """A counting semaphore that takes several slots at once (all or none, so big requests cannot deadlock)."""
 
@@ -513,9 +519,7 @@ class TestServer:
         """Take the request's sequence slots (one per prompt); None when the server stopped while waiting."""
         if self.capacity is None:
             return 0
-        prompt = body.get("prompt")
-        wanted = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
-        return self.capacity.acquire(wanted, self._closed)
+        return self.capacity.acquire(prompt_count(body), self._closed)
 
     def _count_answer(self) -> bool:
         """Count an answer about to be sent; True when it is the last one before dying (die_after)."""

@@ -87,32 +87,15 @@ def entries_to_export(config: Config, benchmarks: tuple[str, ...] = ()) -> list[
     return found
 
 
-def hub_tasks(entry: TaskEntry, index, home: Path) -> list[tuple[str, str, str | None, dict]]:
-    """(task, dataset_path, dataset_name, dataset_kwargs) of the entry's lm-eval tasks that load a hub dataset."""
-    from evalchemy.data import task_dataset
-
-    found = []
-    for name in entry.tasks:
-        for task in index.leaf_tasks(name):
-            info = index.tasks.get(task, {})
-            if "file" not in info:
-                continue
-            dataset = task_dataset(Path(info["dir"]) / info["file"])
-            if localdata.is_hub_id(dataset["dataset_path"], home):
-                found.append((task, dataset["dataset_path"], dataset["dataset_name"],
-                              dataset["dataset_kwargs"] if isinstance(dataset["dataset_kwargs"], dict) else {}))
-    return found
-
-
 def fetch_hub_copy(task: str, path: str, name: str | None, kwargs: dict, target: Path) -> None:
     """Load an lm-eval task's hub dataset and ``save_to_disk`` it at ``target`` (connected machine only)."""
     what = path + (f" ({name})" if name else "")
     logger.info("task %s: fetching %s into %s", task, what, target)
-    _load_and_save(lambda load: load(path, name, **kwargs), target,
-                   f"task {task}: cannot fetch {what}", target)
+    _load_and_save(lambda load: load(path, name, **kwargs), target, f"task {task}: cannot fetch {what}")
 
 
-def _load_and_save(load, target: Path, failure: str, where: Path) -> None:
+def _load_and_save(load, target: Path, failure: str) -> None:
+    """``load(datasets.load_dataset)``, saved with ``save_to_disk`` at ``target`` (staged, then renamed)."""
     try:
         from datasets import load_dataset
         from datasets.utils.logging import disable_progress_bar
@@ -126,7 +109,7 @@ def _load_and_save(load, target: Path, failure: str, where: Path) -> None:
         staging.replace(target)
     except Exception as err:  # noqa: BLE001 - the hub's errors are many; the message carries the cause
         raise DataError(f"{failure}: {type(err).__name__}: {err}; export needs a machine that reaches the hub (or "
-                        f"put the data at {where} first)") from None
+                        f"put the data at {target} first)") from None
 
 
 def fetch_source(entry: TaskEntry, target: Path) -> None:
@@ -137,7 +120,7 @@ def fetch_source(entry: TaskEntry, target: Path) -> None:
     what = spec.source_repo + (f" ({spec.source_subset})" if spec.source_subset else "")
     logger.info("task %s: fetching %s into %s", entry.name, what, target)
     _load_and_save(lambda load: load(spec.source_repo, spec.source_subset, revision=spec.source_revision), target,
-                   f"task {entry.name}: cannot fetch {what}", target)
+                   f"task {entry.name}: cannot fetch {what}")
 
 
 def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tuple[str, ...] = (), index=None,
@@ -152,7 +135,8 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
     files: dict[str, Path] = {}
     for entry in entries_to_export(config, benchmarks):
         if entry.dataset is None:
-            for task, path, name, kwargs in hub_tasks(entry, index, home) if index is not None else []:
+            hub_tasks = localdata.hub_tasks(entry.tasks, index, home) if index is not None else []
+            for task, _, path, name, kwargs in hub_tasks:
                 copy = localdata.hub_copy_dir(data_dir, path, name)
                 rel = _relative(data_dir, copy)
                 if any(d["path"] == rel for d in datasets_entries):
@@ -163,8 +147,8 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
                     state = "fetched"
                 try:
                     splits = localdata.saved_splits(copy)
-                    counts = {split: localdata.count_rows(data) for split, data in splits.items()}
-                    saved = localdata.saved_files(copy)
+                    counts = localdata.split_rows(splits)
+                    saved = localdata.saved_files(copy, splits)
                 except DataError as err:
                     raise DataError(f"task {task}: {err}") from None
                 for file in saved:
@@ -329,8 +313,7 @@ def _verify(archive: Path, manifest: dict, seen: dict[str, tuple[int, str]], sta
     for item in datasets:
         try:
             if item.get("kind") == "hub-copy":
-                counts = {split: localdata.count_rows(data)
-                          for split, data in localdata.saved_splits(staging / item["path"]).items()}
+                counts = localdata.split_rows(localdata.saved_splits(staging / item["path"]))
             else:
                 data = localdata.detect(staging / item["path"], item.get("subset"))
                 counts = localdata.check(data, item.get("answers", localdata.DEFAULT_ANSWERS))

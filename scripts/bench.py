@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evalchemy.testserver import TestServer, build_test_tokenizer  # noqa: E402
+from evalchemy.testserver import TestServer, build_test_tokenizer, prompt_count  # noqa: E402
 
 PYTHON = sys.executable
 WORDS = ["red", "blue", "green", "gold", "black", "white", "pink", "gray"]
@@ -101,8 +101,7 @@ def run_runner(args: list[str], env: dict, poll: bool = False) -> tuple[float, i
 
 def prompts(server: TestServer, since: int = 0) -> int:
     """Prompts in the requests the server received (lm-eval's requests; one HTTP request may carry several)."""
-    return sum(len(r["prompt"]) if isinstance(r["prompt"], list) and r["prompt"] and isinstance(r["prompt"][0], list)
-               else 1 for r in server.requests[since:])
+    return sum(prompt_count(r) for r in server.requests[since:])
 
 
 def busy_span(server: TestServer, since: int = 0) -> float:

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 
 from evalchemy import localdata
 from evalchemy.config import load_schema
-from evalchemy.testserver import TestServer, build_test_tokenizer
+from evalchemy.testserver import TestServer, build_test_tokenizer, prompt_count
 from tests import taskdata
 from tests.conftest import PROJECT
 
@@ -34,8 +34,7 @@ def server(tokenizer):
 
 def prompts_sent(server, since: int = 0) -> int:
     """Prompts in the completions requests the server received (a request may carry several)."""
-    return sum(len(r["prompt"]) if isinstance(r["prompt"], list) and r["prompt"] and isinstance(r["prompt"][0], list)
-               else 1 for r in server.requests[since:])
+    return sum(prompt_count(r) for r in server.requests[since:])
 
 
 def requests_for(*questions: int, batch: int = 8) -> int:
