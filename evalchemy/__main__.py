@@ -1,3 +1,3 @@
-from evalchemy.cli import main
+from evalchemy.cli.app import main
 
 main()

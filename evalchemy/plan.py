@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from evalchemy.config import PRIORITIES, Config, DatasetSpec, TaskEntry
+from evalchemy.config.model import PRIORITIES, Config, DatasetSpec, TaskEntry
 from evalchemy.errors import UsageError
 
 DEFAULT_TASK_TIMEOUT_S = 3 * 3600
@@ -118,7 +118,7 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
     needs_ll = False
     data_path = None
     if entry.dataset is not None:
-        from evalchemy import localdata
+        from evalchemy.datasets import local as localdata
 
         data_path = localdata.resolve(local_tasks.data_dir, entry.dataset.path)
         folder = str(localdata.write_task_file(local_tasks.cache_dir, entry.name, data_path, entry.dataset.subset,
@@ -167,7 +167,7 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
 def _hub_copy_overrides(entry: TaskEntry, index, local_tasks: LocalTasks) -> tuple[str, tuple[str, ...]] | None:
     """(folder of override task files, their task names) for the entry's lm-eval tasks whose hub dataset has a
     saved copy in the data folder; None when none has."""
-    from evalchemy import localdata
+    from evalchemy.datasets import local as localdata
 
     if not (local_tasks.data_dir / localdata.HUB_DIR).is_dir():
         return None
@@ -195,7 +195,7 @@ class LocalTasks:
 
 
 def _cache_dir() -> Path:
-    from evalchemy.taskindex import cache_dir
+    from evalchemy.engines.lm_eval.taskindex import cache_dir
 
     return cache_dir()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evalchemy.testserver import TestServer, build_test_tokenizer, prompt_count  # noqa: E402
+from evalchemy.testing.server import TestServer, build_test_tokenizer, prompt_count  # noqa: E402
 
 PYTHON = sys.executable
 WORDS = ["red", "blue", "green", "gold", "black", "white", "pink", "gray"]

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evalchemy.cli import cli  # noqa: E402
+from evalchemy.cli.app import cli  # noqa: E402
 
 MARKER = "<!-- the block below is `./run_evalchemy.sh --help`; tests/test_docs.py checks it is current -->"
 BLOCK = re.compile(re.escape(MARKER) + r"\n```text\n.*?\n```", re.S)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from evalchemy.cli import cli
+from evalchemy.cli.app import cli
 
 PROJECT = Path(__file__).resolve().parent.parent
 

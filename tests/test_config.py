@@ -138,7 +138,7 @@ def test_unreferenced_and_all_disabled_warnings(invoke, write_config):
 
 def test_unknown_kmmlu_subject_lists_the_real_ones(invoke, write_config):
     """KMMLU has no Insurance subject: the message lists the subjects lm-eval has."""
-    from evalchemy.taskindex import builtin_index
+    from evalchemy.engines.lm_eval.taskindex import builtin_index
 
     subjects = sorted(t.removeprefix("kmmlu_") for t in builtin_index().leaf_tasks("kmmlu"))
     assert len(subjects) == 45 and "accounting" in subjects and "insurance" not in subjects
@@ -159,8 +159,8 @@ def test_kmmlu_subject_names_match_lm_eval():
     kmmlu tasks."""
     import re
 
-    from evalchemy.config import KMMLU_SUBJECTS
-    from evalchemy.taskindex import lm_eval_tasks_dir
+    from evalchemy.config.model import KMMLU_SUBJECTS
+    from evalchemy.engines.lm_eval.taskindex import lm_eval_tasks_dir
 
     names = set()
     for path in (lm_eval_tasks_dir() / "kmmlu" / "default").glob("kmmlu_*.yaml"):

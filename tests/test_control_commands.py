@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evalchemy.endpoint import normalize
+from evalchemy.backends.openai_completions import normalize
 from evalchemy.errors import UsageError
 from tests.conftest import PROJECT
 
@@ -170,7 +170,7 @@ def test_control_commands_do_not_import_lm_eval(tmp_path, write_config):
     path = write_config(CONFIG)
     probe = (
         "import sys\n"
-        "from evalchemy.cli import main\n"
+        "from evalchemy.cli.app import main\n"
         "try:\n"
         "    main(sys.argv[1:])\n"
         "except SystemExit:\n"

@@ -6,7 +6,7 @@ import importlib.util
 
 import click
 
-from evalchemy.cli import cli, export_data, import_data
+from evalchemy.cli.app import cli, export_data, import_data
 from tests.conftest import PROJECT
 
 

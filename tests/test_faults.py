@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from evalchemy.testserver import TestServer
+from evalchemy.testing.server import TestServer
 from tests import taskdata
 from tests.conftest import PROJECT
 from tests.test_run import FAVOURED, GENERATIONS, assets, expected_capitals, run_cli  # noqa: F401 - fixture
@@ -100,7 +100,7 @@ def _start_server_process(assets, tmp_path, port: int, *flags) -> subprocess.Pop
     log = tmp_path / "requests.jsonl"
     answers = tmp_path / "answers.json"
     answers.write_text(json.dumps({"favoured": sorted(FAVOURED), "generations": GENERATIONS}))
-    proc = subprocess.Popen([sys.executable, "-m", "evalchemy.testserver", "--tokenizer", str(assets["tokenizer"]),
+    proc = subprocess.Popen([sys.executable, "-m", "evalchemy.testing.server", "--tokenizer", str(assets["tokenizer"]),
                              "--model-name", "test-model", "--port", str(port), "--answers", str(answers),
                              "--request-log", str(log), "--max-seconds", "120", *flags],
                             stdout=subprocess.PIPE, text=True, cwd=PROJECT)
@@ -166,7 +166,7 @@ def test_kill_9_then_rerun(assets, write_config, tmp_path):
         deadline = time.monotonic() + 60
         while len(_logged_requests(tmp_path)) < 5 and time.monotonic() < deadline:
             time.sleep(0.1)
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "evalchemy.worker"], capture_output=True,
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "evalchemy.engines.lm_eval.worker"], capture_output=True,
                                  text=True).stdout.split()
         assert len(workers) == 1
         os.kill(proc.pid, signal.SIGKILL)

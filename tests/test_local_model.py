@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from evalchemy import local_model
+from evalchemy.backends import llamacpp as local_model
 from evalchemy.errors import PreflightError
-from evalchemy.local_model import MODEL_ID, LocalServer
+from evalchemy.backends.llamacpp import MODEL_ID, LocalServer
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.real_model

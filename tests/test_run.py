@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from evalchemy.config import load_schema
-from evalchemy.testserver import TestServer, build_test_tokenizer
+from evalchemy.config.model import load_schema
+from evalchemy.testing.server import TestServer, build_test_tokenizer
 from tests import taskdata
 from tests.conftest import PROJECT
 
@@ -244,7 +244,7 @@ def test_unreachable_endpoint_fails_preflight_fast(write_config, tmp_path, asset
 
 def test_gpu_flag_sets_cuda_visible_devices_for_the_worker():
     """--gpu reaches what the run starts as CUDA_VISIBLE_DEVICES, with the offline variables."""
-    from evalchemy.execute import worker_env
+    from evalchemy.execution.pool import worker_env
 
     env = worker_env("0,1", "INFO")
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
@@ -321,14 +321,14 @@ def test_tokenizer_from_server_endpoints(assets, write_config, tmp_path):
 def test_second_run_on_same_output_exits_5(assets, write_config, tmp_path):
     """While one run holds the output folder's lock, another exits 5 naming the holder; a dead holder does not
     block."""
-    from evalchemy.lock import RunLock
+    from evalchemy.execution.lock import RunLock
 
     config = write_config({"benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]}}})
     out = tmp_path / "o"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from evalchemy.lock import RunLock\n"
+        "from evalchemy.execution.lock import RunLock\n"
         f"RunLock(Path({str(out)!r}), 'first').acquire()\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=PROJECT)
@@ -398,7 +398,7 @@ def test_signal_stops_the_run_cleanly(assets, write_config, tmp_path, sig, code)
         while len(srv.requests) == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert srv.requests, "the run never reached the server"
-        worker_pids = subprocess.run(["pgrep", "-f", "evalchemy.worker", "-P", str(proc.pid)],
+        worker_pids = subprocess.run(["pgrep", "-f", "evalchemy.engines.lm_eval.worker", "-P", str(proc.pid)],
                                      capture_output=True, text=True).stdout.split()
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=30)
@@ -411,7 +411,7 @@ def test_signal_stops_the_run_cleanly(assets, write_config, tmp_path, sig, code)
     assert summary["benchmarks"]["slow"]["error"] == "not run: run interrupted"
     for pid in worker_pids:
         assert not Path(f"/proc/{pid}").exists(), "the lm-eval worker outlived the run"
-    assert not (out / ".evalchemy.lock").read_text()  # released
+    assert not (out / ".evalchemy.execution.lock").read_text()  # released
 
 
 def test_rerunning_a_run_id_resumes_without_repeating_requests(assets, write_config, tmp_path):

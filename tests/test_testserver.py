@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from evalchemy.testserver import Answers, TestServer, build_test_tokenizer
+from evalchemy.testing.server import Answers, TestServer, build_test_tokenizer
 from tests.conftest import PROJECT
 
 FAVOURED = ["Paris", "Rome", "서울", "blue"]
@@ -412,7 +412,7 @@ def test_answers_reject_unknown_keys():
 def _start(tokenizer_dir, tmp_path, *flags) -> subprocess.Popen:
     answers = tmp_path / "answers.json"
     answers.write_text(json.dumps(ANSWERS, ensure_ascii=False), encoding="utf-8")
-    return subprocess.Popen([sys.executable, "-m", "evalchemy.testserver", "--tokenizer", str(tokenizer_dir),
+    return subprocess.Popen([sys.executable, "-m", "evalchemy.testing.server", "--tokenizer", str(tokenizer_dir),
                              "--model-name", "test-model", "--answers", str(answers), "--max-seconds", "60", *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=PROJECT)
 
@@ -462,7 +462,7 @@ def test_process_die_after_exits_1(tokenizer_dir, tmp_path):
 
 def test_process_stops_after_max_seconds(tokenizer_dir, tmp_path):
     """--max-seconds bounds a forgotten server: it exits 0 by itself."""
-    proc = subprocess.Popen([sys.executable, "-m", "evalchemy.testserver", "--tokenizer", str(tokenizer_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "evalchemy.testing.server", "--tokenizer", str(tokenizer_dir),
                              "--max-seconds", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=PROJECT)
     try:

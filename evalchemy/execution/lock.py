@@ -10,11 +10,11 @@ from pathlib import Path
 
 from evalchemy.errors import LockHeldError
 
-LOCK_NAME = ".evalchemy.lock"
+LOCK_NAME = ".evalchemy.execution.lock"
 
 
 class RunLock:
-    """``flock`` on ``<output>/.evalchemy.lock``; the file also says who holds it, for the message."""
+    """``flock`` on ``<output>/.evalchemy.execution.lock``; the file also says who holds it, for the message."""
 
     def __init__(self, output_dir: Path, run_id: str):
         self.path = output_dir / LOCK_NAME

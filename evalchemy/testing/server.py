@@ -50,7 +50,7 @@ In-process::
     with TestServer(tokenizer_dir, "test-model", answers={...}) as srv:
         srv.completions_url; srv.requests  # the parsed bodies of the completions requests, in arrival order
 
-As a process: ``python -m evalchemy.testserver --tokenizer DIR [--model-name NAME] [--port 0] [--ready-file F]
+As a process: ``python -m evalchemy.testing.server --tokenizer DIR [--model-name NAME] [--port 0] [--ready-file F]
 [--request-log F] [--max-seconds 600] [one flag per option]``. It prints exactly one line, ``listening on
 http://127.0.0.1:PORT``, once ready and serves until SIGTERM, SIGINT or ``--max-seconds``.
 """
@@ -78,7 +78,7 @@ GENERATED_TOKEN = EOS  # the one token an echo request generates after the promp
 DEFAULT_MAX_TOKENS = 16  # vLLM's default for /v1/completions
 MAX_BODY_BYTES = 64 * 1024 * 1024
 IDLE_CONNECTION_S = 120  # a keep-alive connection with no request for this long is closed
-VERSION = "0.0.0+evalchemy.testserver"
+VERSION = "0.0.0+evalchemy.testing.server"
 
 
 # -- tokenizer -----------------------------------------------------------------------------------------------------
@@ -700,7 +700,7 @@ class TestServer:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m evalchemy.testserver",
+    parser = argparse.ArgumentParser(prog="python -m evalchemy.testing.server",
                                      description="A deterministic vLLM look-alike for tests (see the module "
                                                  "docstring of evalchemy/testserver.py).")
     add = parser.add_argument

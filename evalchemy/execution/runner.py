@@ -11,9 +11,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from evalchemy import collect, endpoint as endpoint_mod, local_model
-from evalchemy.config import Config
-from evalchemy.data import check_plan_data
+from evalchemy.backends import llamacpp as local_model, openai_completions as endpoint_mod
+from evalchemy.engines.lm_eval import scores as collect
+from evalchemy.config.model import Config
+from evalchemy.datasets.availability import check_plan_data
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
     EXIT_OK,
@@ -22,8 +23,8 @@ from evalchemy.errors import (
     PreflightError,
     UsageError,
 )
-from evalchemy.execute import RunOutcome, Worker, run_benchmark, worker_env
-from evalchemy.local_model import LOCAL_ENDPOINT, LocalServer
+from evalchemy.execution.pool import RunOutcome, Worker, run_benchmark, worker_env
+from evalchemy.backends.llamacpp import LOCAL_ENDPOINT, LocalServer
 from evalchemy.plan import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_LENGTH,
@@ -37,7 +38,7 @@ from evalchemy.plan import (
     request_cache_key,
     shell_line,
 )
-from evalchemy.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
+from evalchemy.results.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -92,7 +92,8 @@ def _raise_interrupted(signum, _frame):
 
 
 def _load(config_path: Path, include_paths: tuple[Path, ...]):
-    from evalchemy import config as config_mod, taskindex
+    from evalchemy.config import model as config_mod
+    from evalchemy.engines.lm_eval import taskindex
 
     index = taskindex.load_index(list(include_paths))
     return config_mod.load_config(config_path.resolve() if config_path.exists() else config_path, index), index
@@ -174,7 +175,7 @@ def dry_run_settings(plan, endpoint_urls, local, model, tokenizer, concurrency, 
         max_length=max_length or plan_mod.DEFAULT_MAX_LENGTH,
     )
     if local:
-        from evalchemy import local_model
+        from evalchemy.backends import llamacpp as local_model
 
         return replace(settings, model=model or local_model.MODEL_ID,
                        tokenizer=tokenizer or str(local_model.tokenizer_location()),
@@ -206,7 +207,7 @@ def print_dry_run(plan, settings, run_dir: Path, out) -> None:
 
 
 def _data_state(run) -> str:
-    from evalchemy import localdata
+    from evalchemy.datasets import local as localdata
 
     try:
         data = localdata.detect(Path(run.data_path), run.dataset.subset)
@@ -369,7 +370,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
     evalchemy_summary_RUN_ID.json, whose path is the only thing printed on stdout.
     """
-    from evalchemy import plan as plan_mod, runner
+    from evalchemy import plan as plan_mod
+    from evalchemy.execution import runner
 
     log_level = log_level.upper()
     setup_console_logging(log_level)
@@ -386,8 +388,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if api_key is None and api_key_env != "OPENAI_API_KEY":
         raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
     includes = _include_paths(include_paths)
-    from evalchemy.endpoint import normalize
-    from evalchemy.local_model import LOCAL_ENDPOINT
+    from evalchemy.backends.openai_completions import normalize
+    from evalchemy.backends.llamacpp import LOCAL_ENDPOINT
 
     local = endpoint == LOCAL_ENDPOINT
     # a malformed URL is a usage error, checked first
@@ -439,7 +441,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         online=online,
         home=home(),
     )
-    from evalchemy.lock import RunLock
+    from evalchemy.execution.lock import RunLock
 
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -451,7 +453,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         attach_run_logs(opts.run_dir, run_id, log_level)
         result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index)
         if notify_url:
-            from evalchemy.notify import notify
+            from evalchemy.execution.notify import notify
 
             notify(notify_url, result.summary, result.summary_path)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -500,7 +502,7 @@ def export_data(config_path, benchmarks, output, include_paths, data_dir):
     data folder lacks it, and a saved copy (data folder: hub/<repo>/<config>) of the hub dataset of every lm-eval
     task it runs. Prints the archive's path.
     """
-    from evalchemy import transfer
+    from evalchemy.datasets import transfer
 
     setup_console_logging("INFO")
     config_file = Path(config_path) if config_path else home() / "configs" / "eval_config.json"
@@ -524,7 +526,7 @@ def import_data(archive, replace, data_dir):
     sha256 and every dataset's rows, then put its datasets into the data folder. A damaged, tampered or partial
     archive is refused and the data folder is left as it was.
     """
-    from evalchemy import transfer
+    from evalchemy.datasets import transfer
 
     setup_console_logging("INFO")
     report = transfer.import_archive(archive, resolve_data_dir(data_dir), replace=replace)

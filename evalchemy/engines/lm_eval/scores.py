@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from evalchemy.execute import RunOutcome
+from evalchemy.execution.pool import RunOutcome
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The lm-eval worker process: ``python -m evalchemy.worker``.
+"""The lm-eval worker process: ``python -m evalchemy.engines.lm_eval.worker``.
 
 The runner starts one worker per run (and a fresh one after a timeout or crash). The worker imports lm-eval once,
 builds one ``TaskManager`` over just the task folders the run needs, then runs jobs read as JSON lines from stdin,

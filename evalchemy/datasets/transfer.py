@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from evalchemy import __version__, localdata
-from evalchemy.config import Config, TaskEntry
+from evalchemy import __version__
+from evalchemy.datasets import local as localdata
+from evalchemy.config.model import Config, TaskEntry
 from evalchemy.errors import UsageError
-from evalchemy.localdata import DataError
+from evalchemy.datasets.local import DataError
 
 logger = logging.getLogger(__name__)
 

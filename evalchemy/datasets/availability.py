@@ -99,7 +99,7 @@ def check_plan_data(plan, index, home: Path, online: bool, config_path: Path | N
 
 def local_dataset_problems(plan) -> tuple[list[str], list[str]]:
     """(missing, unusable): one line per dataset entry of the plan whose data is absent, or present but unusable."""
-    from evalchemy import localdata
+    from evalchemy.datasets import local as localdata
 
     missing: list[str] = []
     unusable: list[str] = []
@@ -154,7 +154,7 @@ def _problem(task: str, info: dict, home: Path, data_dir: Path | None = None) ->
     if hf_datasets_cached(path, name):
         return None
     if data_dir is not None:
-        from evalchemy import localdata
+        from evalchemy.datasets import local as localdata
 
         copy = localdata.hub_copy_dir(data_dir, path, name)
         if copy.exists():

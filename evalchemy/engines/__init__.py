@@ -1,0 +1,1 @@
+"""Evaluation engines that run a plan's tasks against a backend."""
