@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from evalchemy import collect, endpoint as endpoint_mod, local_model
+from evalchemy import collect, endpoint as endpoint_mod, local_model, redaction
 from evalchemy.config import Config
 from evalchemy.data import check_plan_data
 from evalchemy.errors import (
@@ -249,9 +249,13 @@ def _public(settings: ModelSettings, public_url: str) -> ModelSettings:
 
 
 def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None = None,
-            api_key: str | None = None, index=None) -> RunResult:
-    """Run the plan. The caller has validated the config and attached the run log handlers."""
+            api_key: str | None = None, index=None, other_secrets: tuple[str, ...] = ()) -> RunResult:
+    """Run the plan. The caller has validated the config and attached the run log handlers. ``api_key`` and
+    ``other_secrets`` (a notification password) are redacted from every log and searched for in every file of the
+    run folder at the end."""
     events = events or Events()
+    run_secrets = redaction.Redactor((api_key, *other_secrets))
+    redaction.protect(api_key, *other_secrets)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     started_at, t0 = now_iso(), time.monotonic()
@@ -334,6 +338,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
                                      error="not run: " + ("preflight failed" if pre is None else "run interrupted"))
             records.append(record)
 
+    scan = redaction.scan_run_folder(run_dir, run_secrets) if run_secrets else None
     status = run_status(records, interrupted is not None, preflight_error)
     if interrupted is not None:
         exit_code = interrupted.exit_code
@@ -374,8 +379,9 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             "summary": summary_path.name,
         },
         error=preflight_error or (str(interrupted) if interrupted else None),
+        secrets=scan,
     )
-    write_json_atomic(summary_path, summary)
+    write_json_atomic(summary_path, redaction.scrub_data(summary))
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
     return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)
 
