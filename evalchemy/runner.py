@@ -271,6 +271,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     interrupted: Interrupted | None = None
     worker: Worker | None = None
     server = None
+    scan: dict | None = None
     local = opts.endpoint == LOCAL_ENDPOINT
     try:
         try:
@@ -324,6 +325,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         worker_boot_log = run_dir / ".worker.log"
         if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
             worker_boot_log.unlink()
+        if run_secrets:  # last, once nothing the run started writes there any more; also when the run raised
+            scan = redaction.scan_run_folder(run_dir, run_secrets)
 
     done = {r.name for r in records}
     for bench in plan.benchmarks:
@@ -338,7 +341,6 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
                                      error="not run: " + ("preflight failed" if pre is None else "run interrupted"))
             records.append(record)
 
-    scan = redaction.scan_run_folder(run_dir, run_secrets) if run_secrets else None
     status = run_status(records, interrupted is not None, preflight_error)
     if interrupted is not None:
         exit_code = interrupted.exit_code
@@ -381,7 +383,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         error=preflight_error or (str(interrupted) if interrupted else None),
         secrets=scan,
     )
-    write_json_atomic(summary_path, redaction.scrub_data(summary))
+    summary = redaction.scrub_data(summary)
+    write_json_atomic(summary_path, summary)
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
     return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)
 
