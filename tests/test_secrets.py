@@ -267,3 +267,18 @@ def test_notify_url_credentials_are_sent_as_basic_auth_and_never_written(assets,
     for secret in (password, token, "hookuser", "PATH-SECRET"):
         assert secret not in ok.stdout + ok.stderr + wrong.stdout + wrong.stderr, secret
         assert _files_with(out, secret.encode()) == [], secret
+
+
+def test_notify_url_credentials_split_from_the_url():
+    """The Authorization value is built from the decoded user and password, the URL keeps its path and query
+    without them, a token given as the user name alone is a secret too, and the log's host-only form brackets IPv6."""
+    from evalchemy import notify
+
+    url = "http://hook%20user:p%40ss-word@[::1]:9/x/y?z=1"
+    assert notify.split_credentials(url) == (
+        "http://[::1]:9/x/y?z=1", "Basic " + base64.b64encode(b"hook user:p@ss-word").decode())
+    assert notify.secrets(url) == ("p%40ss-word", "p@ss-word", base64.b64encode(b"hook user:p@ss-word").decode())
+    assert notify.secrets("https://TOKEN-abc123@hooks.example/x")[:2] == ("TOKEN-abc123", "TOKEN-abc123")
+    assert notify.split_credentials("https://hooks.example/x") == ("https://hooks.example/x", None)
+    assert notify.secrets("https://hooks.example/x") == ()
+    assert notify.where(url) == "http://[::1]:9/…"
