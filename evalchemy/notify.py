@@ -30,9 +30,12 @@ def message(summary: dict, summary_path: Path) -> dict:
 
 def where(url: str) -> str:
     """The host only: webhook URLs often carry a secret in their path."""
-    parts = urlsplit(url)
-    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/…"
+    try:
+        parts = urlsplit(url)
+        host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}/…"
+    except ValueError:  # a malformed URL: its host cannot be told apart from the rest
+        return "the --notify-url host"
 
 
 def split_credentials(url: str) -> tuple[str, str | None]:
@@ -48,23 +51,26 @@ def split_credentials(url: str) -> tuple[str, str | None]:
 
 def secrets(url: str) -> tuple[str, ...]:
     """What of the URL must never be written: the password (the user name when there is none: a token), as given
-    and decoded, and the basic-auth token built from them."""
-    netloc = urlsplit(url).netloc
+    and decoded, and the basic-auth token built from them. Never raises, even for a malformed URL."""
+    netloc = url.partition("//")[2]
+    for end in "/?#":
+        netloc = netloc.split(end, 1)[0]
     user, _, password = netloc.rpartition("@")[0].partition(":")
     secret = password or user
     if not secret:
         return ()
-    return secret, unquote(secret), (split_credentials(url)[1] or "").removeprefix("Basic ")
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode("utf-8")).decode("ascii")
+    return secret, unquote(secret), token
 
 
 def notify(url: str, summary: dict, summary_path: Path) -> bool:
     body = json.dumps(message(summary, summary_path), ensure_ascii=False).encode()
-    target, authorization = split_credentials(url)
-    request = urllib.request.Request(target, data=body, headers={"Content-Type": "application/json"},
-                                     method="POST")
-    if authorization:
-        request.add_unredirected_header("Authorization", authorization)
     try:
+        target, authorization = split_credentials(url)
+        request = urllib.request.Request(target, data=body, headers={"Content-Type": "application/json"},
+                                         method="POST")
+        if authorization:
+            request.add_unredirected_header("Authorization", authorization)
         with urllib.request.urlopen(request, timeout=NOTIFY_TIMEOUT_S) as response:  # noqa: S310
             logger.info("notified %s (HTTP %d)", where(url), response.status)
             return True

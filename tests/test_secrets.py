@@ -282,3 +282,18 @@ def test_notify_url_credentials_split_from_the_url():
     assert notify.split_credentials("https://hooks.example/x") == ("https://hooks.example/x", None)
     assert notify.secrets("https://hooks.example/x") == ()
     assert notify.where(url) == "http://[::1]:9/…"
+
+
+def test_malformed_notify_url_with_credentials_is_a_logged_failure(tmp_path, caplog):
+    """A --notify-url that cannot be parsed (an unclosed IPv6 bracket) fails the notification with a warning that
+    names no part of it; its password is still known as a secret."""
+    from evalchemy import notify
+
+    url = "http://user:pw-broken-123@[::1/hook"
+    assert notify.secrets(url)[:2] == ("pw-broken-123", "pw-broken-123")
+    summary = {"run_id": "r", "status": "success", "exit_code": 0, "benchmarks": {},
+               "breakdown": {"benchmark": {}}}
+    with caplog.at_level(logging.WARNING, logger="evalchemy.notify"):
+        assert notify.notify(url, summary, tmp_path / "s.json") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "notification to the --notify-url host failed: Invalid IPv6 URL (the run's exit code is unchanged)"]
