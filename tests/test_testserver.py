@@ -294,6 +294,31 @@ def test_fail_status_answers_every_request_with_it(tokenizer_dir):
         assert call(f"{srv.base_url}/v1/models")[0] == 200
 
 
+def test_fail_echo_headers_puts_the_request_headers_in_the_error_body(tokenizer_dir, tmp_path):
+    """fail_echo_headers alone: every completions request gets a 500 whose message echoes its headers, the
+    Authorization header included; with fail_first=1 only the first does. As a process: --fail-echo-headers."""
+    headers = {"Authorization": "Bearer sk-echo-123", "X-Test": "yes"}
+    with TestServer(tokenizer_dir, "test-model", fail_echo_headers=True) as srv:
+        results = [call(srv.completions_url, ll_request("Paris"), headers=headers) for _ in range(2)]
+        assert call(f"{srv.base_url}/v1/models")[0] == 200
+    assert [status for status, _ in results] == [500, 500]
+    body = results[0][1]
+    prefix = "injected failure; request headers: "
+    assert body["type"] == "InternalServerError" and body["code"] == 500 and body["message"].startswith(prefix)
+    echoed = json.loads(body["message"][len(prefix):])
+    assert echoed["Authorization"] == "Bearer sk-echo-123" and echoed["X-Test"] == "yes"
+    with TestServer(tokenizer_dir, "test-model", fail_first=1, fail_echo_headers=True) as srv:
+        first, second = (call(srv.completions_url, ll_request("Paris"), headers=headers) for _ in range(2))
+    assert first[0] == 500 and "Bearer sk-echo-123" in first[1]["message"] and second[0] == 200
+    proc = _start(tokenizer_dir, tmp_path, "--fail-echo-headers")
+    try:
+        url = proc.stdout.readline().split()[-1]
+        status, body = call(f"{url}/v1/completions", ll_request("Paris"), headers=headers)
+    finally:
+        _stop(proc)
+    assert status == 500 and '"Authorization": "Bearer sk-echo-123"' in body["message"]
+
+
 def test_malformed_no_logprobs_and_null_text(tokenizer_dir):
     """malformed answers 200 with invalid JSON; no_logprobs answers echo requests with logprobs null; null_text
     answers generations with text null."""

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from evalchemy import __version__
+from evalchemy import __version__, redaction
 from evalchemy.errors import (
     EXIT_INTERNAL,
     EXIT_SIGINT,
@@ -73,6 +73,7 @@ def setup_console_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.setLevel(level)
     root.handlers[:] = [handler]
+    redaction.guard_logging()
 
 
 def attach_run_logs(run_dir: Path, run_id: str, level: str) -> None:
@@ -85,6 +86,7 @@ def attach_run_logs(run_dir: Path, run_id: str, level: str) -> None:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler.setLevel(file_level)
         root.addHandler(handler)
+    redaction.guard_logging()
 
 
 def _raise_interrupted(signum, _frame):
@@ -300,7 +302,7 @@ class EvalchemyCommand(click.Command):
             click.echo("(exit code 2: config error; nothing was run)", err=True)
             ctx.exit(err.exit_code)
         except EvalchemyError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {redaction.scrub(str(err))}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -385,6 +387,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     gpu = runner.check_gpu(gpu)
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key = os.environ.get(api_key_env)
+    from evalchemy.execution import notify as notify_mod
+
+    notify_secrets = notify_mod.secrets(notify_url) if notify_url else ()
+    redaction.protect(api_key, *notify_secrets)
     if api_key is None and api_key_env != "OPENAI_API_KEY":
         raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
     includes = _include_paths(include_paths)
@@ -451,11 +457,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
 
             shutil.rmtree(opts.run_dir)
         attach_run_logs(opts.run_dir, run_id, log_level)
-        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index)
+        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index,
+                                other_secrets=notify_secrets)
         if notify_url:
-            from evalchemy.execution.notify import notify
-
-            notify(notify_url, result.summary, result.summary_path)
+            notify_mod.notify(notify_url, result.summary, result.summary_path)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if any(r.status != "skipped" for r in result.records):

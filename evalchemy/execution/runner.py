@@ -15,6 +15,7 @@ from evalchemy.backends import llamacpp as local_model, openai_completions as en
 from evalchemy.engines.lm_eval import scores as collect
 from evalchemy.config.model import Config
 from evalchemy.datasets.availability import check_plan_data
+from evalchemy import redaction
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
     EXIT_OK,
@@ -250,9 +251,13 @@ def _public(settings: ModelSettings, public_url: str) -> ModelSettings:
 
 
 def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None = None,
-            api_key: str | None = None, index=None) -> RunResult:
-    """Run the plan. The caller has validated the config and attached the run log handlers."""
+            api_key: str | None = None, index=None, other_secrets: tuple[str, ...] = ()) -> RunResult:
+    """Run the plan. The caller has validated the config and attached the run log handlers. ``api_key`` and
+    ``other_secrets`` (a notification password) are redacted from every log and searched for in every file of the
+    run folder at the end."""
     events = events or Events()
+    run_secrets = redaction.Redactor((api_key, *other_secrets))
+    redaction.protect(api_key, *other_secrets)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     started_at, t0 = now_iso(), time.monotonic()
@@ -268,6 +273,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     interrupted: Interrupted | None = None
     worker: Worker | None = None
     server = None
+    scan: dict | None = None
     local = opts.endpoint == LOCAL_ENDPOINT
     try:
         try:
@@ -321,6 +327,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         worker_boot_log = run_dir / ".worker.log"
         if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
             worker_boot_log.unlink()
+        if run_secrets:  # last, once nothing the run started writes there any more; also when the run raised
+            scan = redaction.scan_run_folder(run_dir, run_secrets)
 
     done = {r.name for r in records}
     for bench in plan.benchmarks:
@@ -375,7 +383,9 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             "summary": summary_path.name,
         },
         error=preflight_error or (str(interrupted) if interrupted else None),
+        secrets=scan,
     )
+    summary = redaction.scrub_data(summary)
     write_json_atomic(summary_path, summary)
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
     return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)

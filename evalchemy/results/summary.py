@@ -99,7 +99,8 @@ def run_status(records: list[BenchmarkRecord], interrupted: bool, preflight_erro
 def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, finished_at: str,
                   duration_s: float, endpoint: str | None, model: str | None, tokenizer: dict | None,
                   config_path: str, config_sha256: str, settings: dict, versions: dict,
-                  records: list[BenchmarkRecord], files: dict, error: str | None) -> dict:
+                  records: list[BenchmarkRecord], files: dict, error: str | None,
+                  secrets: dict | None = None) -> dict:
     counts = {s: sum(1 for r in records if r.status == s) for s in BENCHMARK_STATUSES}
     breakdown: dict[str, object] = {}
     for record in records:
@@ -107,7 +108,7 @@ def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, 
             breakdown[f"{record.name}_accuracy"] = record.accuracy
             if len(record.subject_accuracy) > 1:
                 breakdown[f"{record.name}_subject_accuracy"] = record.subject_accuracy
-    return {
+    summary = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "status": status,
@@ -130,6 +131,9 @@ def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, 
         "breakdown": {"benchmark": breakdown},
         "files": files,
     }
+    if secrets is not None:  # the end-of-run scan for the API key: present when the run had one
+        summary["secrets"] = secrets
+    return summary
 
 
 def versions() -> dict:

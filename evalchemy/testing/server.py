@@ -41,7 +41,8 @@ Faults, for tests of an unattended runner (completions requests only): ``fail_fi
 requests have arrived; a stop ends the wait), ``malformed`` (200 with invalid JSON), ``no_logprobs``
 (``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``die_after`` (after N answers the
 server dies: in-process it closes its socket and every connection; as a process, with ``--die-after``, it exits
-at once with status 1). ``latency`` (seconds per completions request, the work included) and ``capacity``
+at once with status 1), ``fail_echo_headers`` (the injected HTTP errors' message echoes the request's headers,
+``Authorization`` included, as debugging proxies do; alone it makes every completions request such an HTTP 500). ``latency`` (seconds per completions request, the work included) and ``capacity``
 (sequences processed at once, like vLLM's ``max_num_seqs``: a request with k prompts takes k of them, or all of
 them when k is larger; the others wait) model a real server's speed.
 
@@ -246,7 +247,7 @@ class TestServer:
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
                  malformed: bool = False, null_text: bool = False, no_logprobs: bool = False,
-                 die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
+                 fail_echo_headers: bool = False, die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
                  request_log: Path | str | None = None, extra_models: Iterable[str] = ()):
         from tokenizers import Tokenizer
 
@@ -268,6 +269,7 @@ class TestServer:
         self.malformed = malformed
         self.null_text = null_text
         self.no_logprobs = no_logprobs
+        self.fail_echo_headers = fail_echo_headers
         self.die_after = die_after
         self.die_exits_process = die_exits_process
         self.api_key = api_key
@@ -656,9 +658,13 @@ class TestServer:
                         server._closed.wait(server.hang)
                     if self._gone():
                         return
-                    if number <= server.fail_first or server.fail_status:
+                    echo_only = server.fail_echo_headers and not (server.fail_first or server.fail_status)
+                    if number <= server.fail_first or server.fail_status or echo_only:
                         code = server.fail_status or 500
-                        answer = code, _error("injected failure", _error_type(code), code)
+                        message = "injected failure"
+                        if server.fail_echo_headers:
+                            message += f"; request headers: {json.dumps(dict(self.headers.items()))}"
+                        answer = code, _error(message, _error_type(code), code)
                     elif server.malformed:
                         answer = 200, b'{"choices": [ this is not json'
                     else:
@@ -728,6 +734,9 @@ def _parser() -> argparse.ArgumentParser:
     add("--malformed", action="store_true", help="answer completions requests with invalid JSON")
     add("--no-logprobs", action="store_true", help='answer with "logprobs": null')
     add("--null-text", action="store_true", help='answer generations with "text": null')
+    add("--fail-echo-headers", action="store_true",
+        help="echo the request headers (Authorization included) in the injected HTTP errors; alone: every "
+             "completions request gets such an HTTP 500")
     add("--die-after", metavar="N", type=int, help="exit with status 1 right after answering N completions requests")
     add("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' under /v1 (default: $TESTSERVER_API_KEY)")
     add("--request-log", metavar="FILE", type=Path,
@@ -750,7 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                             capacity=args.capacity, tokenizer_endpoints=args.tokenizer_endpoints,
                             fail_first=args.fail_first, fail_status=args.fail_status, hang=args.hang,
                             hang_after=args.hang_after, malformed=args.malformed, no_logprobs=args.no_logprobs,
-                            null_text=args.null_text, die_after=args.die_after, die_exits_process=True,
+                            null_text=args.null_text, fail_echo_headers=args.fail_echo_headers,
+                            die_after=args.die_after, die_exits_process=True,
                             api_key=args.api_key or os.environ.get("TESTSERVER_API_KEY") or None,
                             request_log=args.request_log, extra_models=args.extra_model)
     except (OSError, ValueError) as err:

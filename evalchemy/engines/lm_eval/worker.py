@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from evalchemy import redaction
+
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
 
 
@@ -95,6 +97,7 @@ def _setup_logging(stats: RequestStats) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler, stats]
     root.setLevel(os.environ.get("EVALCHEMY_WORKER_LOG_LEVEL", "INFO"))
+    redaction.guard_logging()
 
 
 class Worker:
@@ -144,6 +147,10 @@ class Worker:
 
 def main() -> int:
     result_fd = int(os.environ[RESULT_FD_ENV])
+    # the key lm-eval sends never reaches the benchmark log: logging is filtered, and so is what is printed
+    redaction.protect(os.environ.get("OPENAI_API_KEY"))
+    sys.stdout = redaction.ScrubbingStream(sys.stdout)
+    sys.stderr = redaction.ScrubbingStream(sys.stderr)
     answers = os.fdopen(result_fd, "w", encoding="utf-8", buffering=1)
     worker = Worker()
     stats = RequestStats()
@@ -160,16 +167,16 @@ def main() -> int:
         try:
             answer.update(worker.run(job), ok=True)
         except BaseException as err:  # noqa: BLE001 - reported to the runner, which records the failure
-            traceback.print_exc()
+            sys.stderr.write(redaction.scrub(traceback.format_exc()))
             message = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            answer["error"] = f"{type(err).__name__}: {message}" if message else type(err).__name__
+            answer["error"] = redaction.scrub(f"{type(err).__name__}: {message}" if message else type(err).__name__)
             if isinstance(err, KeyboardInterrupt):
-                answers.write(json.dumps(answer) + "\n")
+                answers.write(redaction.scrub(json.dumps(answer)) + "\n")
                 return 130
         answer["requests"] = stats.as_dict()
         sys.stdout.flush()
         sys.stderr.flush()
-        answers.write(json.dumps(answer, ensure_ascii=False) + "\n")
+        answers.write(redaction.scrub(json.dumps(answer, ensure_ascii=False)) + "\n")
     return 0
 
 
