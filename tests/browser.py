@@ -4,7 +4,6 @@ on these machines). Records every request the page makes and checks the DOM for 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,13 +77,16 @@ def assert_offline(opened: Opened, path: Path) -> None:
     assert csp.startswith("default-src 'none'; style-src 'unsafe-inline'; img-src data:")
 
 
-def screenshot(opened: Opened, target: Path, docs_name: str | None = None) -> Path:
-    """A full-page PNG under the test's folder; with EVALCHEMY_DOCS_SCREENSHOTS=1 also copied into docs/."""
+def screenshot(opened: Opened, target: Path, docs_name: str | None = None, docs_height: int = 2000) -> Path:
+    """A full-page PNG under the test's folder; with EVALCHEMY_DOCS_SCREENSHOTS=1 also the page's first
+    ``docs_height`` pixels as docs/``docs_name``."""
     opened.page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 10_000
     if docs_name and os.environ.get("EVALCHEMY_DOCS_SCREENSHOTS") == "1":
         DOCS.mkdir(exist_ok=True)
-        shutil.copyfile(target, DOCS / docs_name)
+        size = opened.page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+        opened.page.screenshot(path=str(DOCS / docs_name), full_page=True,
+                               clip={"x": 0, "y": 0, "width": size[0], "height": min(size[1], docs_height)})
     return target
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-WIDTH = 640  # viewBox width; the SVG scales to the page width
-LABEL_W = 190
-VALUE_W = 150
+WIDTH = 520  # viewBox width; the SVG scales to the page width (text stays legible on a phone)
+LABEL_W = 150
+VALUE_W = 120
 ROW_H = 26
 BAR_H = 16
 TOP = 22
@@ -79,7 +79,7 @@ class Reliability:
     title: str
     bins: list[dict]  # from the summary: lower, upper, n, confidence, accuracy
     size: int = 260
-    margin: int = 36
+    margin: int = 44
     bars: list[dict] = field(default_factory=list)
     marks: list[dict] = field(default_factory=list)
     ticks: list[dict] = field(default_factory=list)
