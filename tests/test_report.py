@@ -10,7 +10,7 @@ import pytest
 
 from evalchemy.testing.server import TestServer
 from tests import statsdata
-from tests.browser import assert_offline, chart_bars, chromium, open_page, screenshot  # noqa: F401 - fixture
+from tests.browser import assert_offline, chart_bars, open_page, screenshot
 
 FIELDS = ("accuracy", "n", "confidence", "ece", "no_answer")
 
@@ -107,7 +107,7 @@ def test_report_reads_a_version_1_summary(run, tmp_path):
         in markdown
 
 
-def test_run_report_in_the_browser(run, chromium, tmp_path):  # noqa: F811 - fixture
+def test_run_report_in_the_browser(run, chromium, tmp_path):
     """In chromium: the score table equals the summary, every chart has bars, Korean labels survive, the page makes
     no request and names no external URL; a screenshot is kept (docs/report_run.png when regenerating docs)."""
     path = run["dir"] / "report.html"

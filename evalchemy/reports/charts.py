@@ -45,7 +45,7 @@ class BarChart:
         lo_v, hi_v = (-1.0, 1.0) if self.signed else (0.0, 1.0)
         if self.signed:
             peak = max([abs(v) for b in self.bars for v in (b.value, b.lo, b.hi) if v is not None] or [0.0])
-            scale = next((s for s in (0.05, 0.1, 0.25, 0.5, 1.0) if peak <= s), 1.0)
+            scale = next((s for s in (0.04, 0.08, 0.2, 0.4, 0.8, 1.0) if peak <= s), 1.0)  # quarter ticks round
             lo_v, hi_v = -scale, scale
 
         def x(v: float) -> float:
@@ -54,7 +54,7 @@ class BarChart:
 
         zero = x(0.0)
         self.ticks = [{"x": x(lo_v + (hi_v - lo_v) * i / 4),
-                       "text": f"{(lo_v + (hi_v - lo_v) * i / 4) * 100:+.0f}%" if self.signed
+                       "text": _signed(lo_v + (hi_v - lo_v) * i / 4) if self.signed
                        else f"{(lo_v + (hi_v - lo_v) * i / 4) * 100:.0f}%"} for i in range(5)]
         for i, bar in enumerate(self.bars):
             y = self.top + i * self.row_h
@@ -69,6 +69,11 @@ class BarChart:
         self.zero = zero
         self.height = self.top + len(self.bars) * self.row_h + 8
         self.value_x = self.width - self.value_w + 8
+
+
+def _signed(value: float) -> str:
+    text = f"{value * 100:+.1f}".rstrip("0").rstrip(".")
+    return ("0" if text in ("+0", "-0") else text) + "%"
 
 
 @dataclass
