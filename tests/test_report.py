@@ -143,6 +143,12 @@ def test_run_report_in_the_browser(run, chromium, tmp_path):
     assert page.locator("#error-cases tbody tr").count() == 9
     screenshot(opened, tmp_path / "report_run.png", "report_run.png")
 
+    page.emulate_media(media="print")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1000
+    assert chart_bars(opened)["chart-kmmlu_domain"] == 2
+    page.pdf(path=str(tmp_path / "report_run.pdf"))
+    assert (tmp_path / "report_run.pdf").read_bytes().startswith(b"%PDF")
+
     narrow = open_page(chromium, path, width=390)
     overflow = narrow.page.evaluate("() => document.documentElement.scrollWidth")
     assert overflow <= 390
