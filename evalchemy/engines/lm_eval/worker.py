@@ -127,7 +127,13 @@ class Worker:
         if results is None:
             raise RuntimeError("lm-eval returned no results")
         samples = results.pop("samples", None)
-        stats = sample_stats(samples, results.get("configs"))
+        try:
+            stats = sample_stats(samples, results.get("configs"))
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:  # scores stand without them
+            logging.getLogger(__name__).warning("stats layer: could not read lm-eval's samples (%s: %s); the "
+                                                "summary keeps accuracy, n and the interval only",
+                                                type(err).__name__, err)
+            stats = {}
         samples = samples if kwargs.get("log_samples") else None
         config = results.get("config") or {}
         if isinstance(config.get("model_args"), dict):
