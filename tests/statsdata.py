@@ -24,6 +24,7 @@ SURE = [
     ("Pick the right city", ["Paris", "Berlin", "Oslo", "Rome"], 0),
     ("Pick the last city", ["Rome", "Madrid", "Lisbon", "Vienna"], 2),
     ("Pick the only city", ["Paris", "Rome Madrid Lisbon Vienna", "Vienna Rome", "Madrid Lisbon"], 0),
+    ("Pick the long city" + " city" * 60, ["Oslo", "Rome", "Madrid", "Lisbon"], 1),  # a prompt of 256-511 characters
 ]
 # Generation with a regex filter: answers without "answer is <word>" come out as "[invalid]" (no answer).
 PARSE = [("apple", "apple"), ("river", "river"), ("cloud", "cloud"), ("green", "green"), ("stone", "stone")]
@@ -133,6 +134,11 @@ def mc_outcomes(rows) -> list[tuple[float, bool]]:
         chosen = lls.index(max(lls))
         out.append((probs[chosen], chosen == answer))
     return out
+
+
+def sure_prompt(question: str) -> str:
+    """The prompt lm-eval builds from demo_sure's doc_to_text."""
+    return f"Question: {question}\nAnswer:"
 
 
 def korean_rows(name: str):

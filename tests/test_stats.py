@@ -47,6 +47,16 @@ def ece_by_loop(outcomes: list[tuple[float, bool]]) -> float:
     return total
 
 
+@pytest.mark.parametrize("k, n", [(0, 7), (7, 7), (1, 1), (3, 10), (500, 1000)])
+def test_wilson_interval_at_the_edges(k, n):
+    """Zero and all correct included: the interval equals the quadratic's roots, clipped to [0, 1]."""
+    from evalchemy.results.stats import wilson_interval
+
+    lo, hi = wilson_by_root(k, n)
+    assert wilson_interval(k, n) == pytest.approx((max(0.0, lo), min(1.0, hi)), abs=1e-12)
+    assert wilson_interval(0, 0) is None
+
+
 def test_summary_is_version_2_and_valid(run):
     """The summary carries schema_version 2 and validates, stats layer included."""
     summary = run["summary"]
@@ -109,8 +119,13 @@ def test_no_answer_rate_and_prompt_length_buckets(run):
     assert stats["parse"]["correct"] == sum(ok for _, ok in parse)
     assert stats["sure"]["no_answer"] is None
     sure = statsdata.mc_outcomes(statsdata.SURE)
+    lengths = [len(statsdata.sure_prompt(q)) for q, _, _ in statsdata.SURE]
+    short = [ok for (_, ok), chars in zip(sure, lengths) if chars < 256]
+    long = [ok for (_, ok), chars in zip(sure, lengths) if 256 <= chars < 512]
+    assert (len(short), len(long)) == (5, 1)
     assert stats["sure"]["prompt_length"] == [
-        {"bucket": "0-255", "n": len(sure), "accuracy": pytest.approx(sum(ok for _, ok in sure) / len(sure))}]
+        {"bucket": "0-255", "n": 5, "accuracy": pytest.approx(sum(short) / 5)},
+        {"bucket": "256-511", "n": 1, "accuracy": sum(long) / 1}]
 
 
 def test_breakdown_benchmark_is_unchanged_by_the_stats_layer(run):
