@@ -282,7 +282,7 @@ def run_view(summary: dict, run_dir: Path, max_errors: int = DEFAULT_ERROR_CASES
     overview = BarChart(title="Score per benchmark (95% Wilson interval)",
                         bars=[_bar(name, entry) for name, entry in _ordered(summary)])
     return {
-        "title": f"evalchemy run {summary.get('run_id')}: {summary.get('model') or ''}",
+        "title": f"evalchemy run {summary.get('run_id')}" + (f": {summary['model']}" if summary.get("model") else ""),
         "summary": summary,
         "meta": _meta(summary),
         "scores": _score_rows(summary),
