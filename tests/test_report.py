@@ -154,3 +154,20 @@ def test_run_report_in_the_browser(run, chromium, tmp_path):
     assert overflow <= 390
     screenshot(narrow, tmp_path / "report_run_narrow.png")
     assert re.search(r"<html lang=\"ko\">", path.read_text(encoding="utf-8"))
+
+
+def test_report_of_a_run_that_failed_preflight(run, tmp_path):
+    """--report on a run whose endpoint is down: exit 3 stands, the report shows the failure and no score chart."""
+    config = tmp_path / "eval_config.json"
+    config.write_text(json.dumps(statsdata.config(), ensure_ascii=False), encoding="utf-8")
+    folder = run["dir"].parent.parent
+    done = statsdata.run_cli("--endpoint", "http://127.0.0.1:9/v1", "--config", str(config), "--output",
+                             str(tmp_path / "o"), "--run-id", "down", "--include-path", str(folder / "tasks"),
+                             "--include-path", str(folder / "broken_tasks"), "--report")
+    assert done.returncode == 3, done.stderr
+    markdown = (tmp_path / "o" / "down" / "report.md").read_text(encoding="utf-8")
+    assert markdown.startswith("# evalchemy run down\n\nStatus: **failed** (endpoint http://127.0.0.1:9/v1/models is "
+                               "not reachable: [Errno 111] Connection refused;")
+    html = (tmp_path / "o" / "down" / "report.html").read_text(encoding="utf-8")
+    assert '<pre id="run-error">endpoint http://127.0.0.1:9/v1/models is not reachable' in html
+    assert 'id="chart-overview"' not in html
