@@ -171,3 +171,25 @@ def test_report_of_a_run_that_failed_preflight(run, tmp_path):
     html = (tmp_path / "o" / "down" / "report.html").read_text(encoding="utf-8")
     assert '<pre id="run-error">endpoint http://127.0.0.1:9/v1/models is not reachable' in html
     assert 'id="chart-overview"' not in html
+
+
+def test_text_from_samples_is_escaped(run, tmp_path):
+    """Markup inside a question or an answer is shown as text, never loaded: no tag from the data reaches the page."""
+    import shutil
+
+    from evalchemy.reports.run_report import write_run_report
+
+    run_dir = tmp_path / "rep"
+    shutil.copytree(run["dir"], run_dir)
+    summary = json.loads(json.dumps(run["summary"]))
+    sample = {"doc_id": 0, "target": "<b>x</b>", "arguments": {"gen_args_0": {"arg_0": '<img src="http://x.invalid/a">',
+                                                                                 "arg_1": {}}},
+              "resps": [["<script>alert(1)</script>"]], "filtered_resps": ["<script>alert(1)</script>"],
+              "filter": "get-answer", "metrics": ["exact_match"], "exact_match": 0.0}
+    (run_dir / "samples_evil_2026-01-01T00-00-00.000001.jsonl").write_text(json.dumps(sample) + "\n")
+    summary["benchmarks"]["parse"]["files"] = ["samples_evil_2026-01-01T00-00-00.000001.jsonl"]
+    (run_dir / "evalchemy_summary_rep.json").write_text(json.dumps(summary, ensure_ascii=False), encoding="utf-8")
+    html = write_run_report(run_dir).html.read_text(encoding="utf-8")
+    assert "&lt;img src=&#34;http://x.invalid/a&#34;&gt;" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<img" not in html and "<script" not in html
