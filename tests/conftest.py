@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from evalchemy.cli.app import cli
+from tests.browser import chromium  # noqa: F401 - the session's one browser, for the report tests
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -278,13 +278,13 @@ def _mc_correct(server, tokenizer, rows: list[dict]) -> int:
 
 # --- through the runner (run_evalchemy.sh --endpoint local) -----------------------------------------------------
 
-def _run_demo(tmp_path, benchmarks: set[str]) -> dict:
+def _run_demo(tmp_path, benchmarks: set[str], *extra: str) -> dict:
     config = json.loads((PROJECT / "configs" / "demo_config.json").read_text(encoding="utf-8"))
     config["benchmarks"] = {k: v for k, v in config["benchmarks"].items() if k in benchmarks}
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config, ensure_ascii=False))
     done = subprocess.run([str(PROJECT / "run_evalchemy.sh"), "--endpoint", "local", "--config", str(path),
-                           "--output", str(tmp_path / "out"), "--run-id", "real"], capture_output=True, text=True,
+                           "--output", str(tmp_path / "out"), "--run-id", "real", *extra], capture_output=True, text=True,
                           timeout=900, cwd=tmp_path, env={**os.environ, "EVALCHEMY_HOME": ""})
     assert done.returncode == 0, done.stderr
     return json.loads((tmp_path / "out" / "real" / "evalchemy_summary_real.json").read_text(encoding="utf-8"))
@@ -352,3 +352,23 @@ def test_local_runs_resume_although_the_port_changes(tmp_path):
     assert first["benchmarks"]["opposites"]["resumed"] is False
     assert second["benchmarks"]["opposites"]["resumed"] is True
     assert second["benchmarks"]["opposites"]["metrics"] == first["benchmarks"]["opposites"]["metrics"]
+
+
+def test_demo_report_from_the_embedded_model(tmp_path, chromium):
+    """The demo with --report: report.html's scores equal the summary's, multiple choice shows its confidence and a
+    reliability diagram, generation its no-answer rate; the page opens offline in chromium."""
+    from tests.browser import assert_offline, chart_bars, open_page, screenshot
+
+    summary = _run_demo(tmp_path, {"english_mc", "opposites"}, "--report")
+    stats = summary["stats"]["benchmark"]
+    assert stats["english_mc"]["confidence"]["n"] == stats["english_mc"]["n"]
+    assert stats["opposites"]["no_answer"] is not None
+    path = tmp_path / "out" / "real" / "report.html"
+    opened = open_page(chromium, path)
+    assert_offline(opened, path)
+    shown = opened.page.evaluate("""() => [...document.querySelectorAll('#score-table tbody tr')].map(tr =>
+        [tr.dataset.benchmark, tr.querySelector('td[data-field=accuracy]').dataset.value])""")
+    assert shown == [[name, str(stats[name]["accuracy"])] for name in summary["order"]]
+    bars = chart_bars(opened)
+    assert bars["chart-english_mc-reliability"] >= 1 and bars["chart-overview"] == 2
+    screenshot(opened, tmp_path / "report_demo.png")

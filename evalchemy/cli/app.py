@@ -357,6 +357,8 @@ class EvalchemyCommand(click.Command):
 @click.option("--fresh", is_flag=True,
               help="Start this run id over: delete its folder first. Without it, re-running a run id keeps the "
                    "benchmarks that succeeded and re-sends no request already answered.")
+@click.option("--report", "write_report", is_flag=True,
+              help="Also write report.html and report.md in the run folder (see: run_evalchemy.sh report --help).")
 @click.option("--list-benchmarks", is_flag=True, help="Show the config's benchmarks and tasks, then exit.")
 @click.option("--validate-config", is_flag=True, help="Check the config and report every problem, then exit.")
 @click.option("--dry-run", is_flag=True,
@@ -365,7 +367,7 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, data_dir, api_key_env, notify_url, max_failed_requests, online, fresh, list_benchmarks,
+        request_timeout, include_paths, data_dir, api_key_env, notify_url, max_failed_requests, online, fresh, write_report, list_benchmarks,
         validate_config, dry_run, log_level):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
@@ -459,6 +461,13 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         attach_run_logs(opts.run_dir, run_id, log_level)
         result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index,
                                 other_secrets=notify_secrets)
+        if write_report:
+            from evalchemy.reports.run_report import write_run_report
+
+            try:
+                write_run_report(opts.run_dir)
+            except (OSError, EvalchemyError) as err:  # the run's outcome and exit code stand
+                logger.error("could not write the report: %s (retry: run_evalchemy.sh report %s)", err, run_id)
         if notify_url:
             notify_mod.notify(notify_url, result.summary, result.summary_path)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -470,7 +479,19 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     ctx.exit(result.exit_code)
 
 
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def commands():
+    """Commands on finished runs: run_evalchemy.sh COMMAND ... (a run itself starts with flags)."""
+
+
 def main(argv: list[str] | None = None) -> None:
+    from evalchemy.cli import report_commands
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    report_commands.register(commands)
+    if args and args[0] in commands.commands:  # a subcommand; runs start with flags
+        commands.main(args=args, prog_name="run_evalchemy.sh")
+        return
     cli.main(args=argv, prog_name="run_evalchemy.sh")
 
 

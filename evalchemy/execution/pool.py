@@ -40,6 +40,7 @@ class RunOutcome:
     files: list[str] = field(default_factory=list)
     duration_s: float = 0.0
     requests: dict = field(default_factory=dict)  # RequestStats of the worker; empty when it died
+    stats: dict = field(default_factory=dict)  # per-sample counts for the summary's stats layer
 
 
 class WorkerCrashed(Exception):
@@ -184,7 +185,7 @@ def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, 
         return RunOutcome(run, "failed", error=answer.get("error") or "lm-eval failed", duration_s=duration,
                           requests=requests)
     outcome = RunOutcome(run, "success", results=answer["results"], files=answer.get("files", []),
-                         duration_s=duration, requests=requests)
+                         duration_s=duration, requests=requests, stats=answer.get("stats") or {})
     empty = requests.get("empty_answers", 0)
     if empty > max_failed_requests:
         outcome.status = "failed"

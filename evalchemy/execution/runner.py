@@ -39,6 +39,7 @@ from evalchemy.plan import (
     request_cache_key,
     shell_line,
 )
+from evalchemy.results import stats as stats_mod
 from evalchemy.results.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
     record.primary_metric = scores["primary_metric"]
     record.accuracy = scores["accuracy"]
     record.subject_accuracy = scores["subject_accuracy"]
+    record.stats = stats_mod.benchmark_stats(outcomes, scores)
     log_path = run_dir / f"{bench.name}_benchmark.log"
     files = []
     merged = collect.merge_results(outcomes)
@@ -237,12 +239,14 @@ def previous_successes(summary_path: Path, config: Config, pre: Preflight, endpo
             kept[name] = {**bench, "accuracy": previous.get("breakdown", {}).get("benchmark", {}).get(
                 f"{name}_accuracy"), "subject_accuracy": previous.get("breakdown", {}).get("benchmark", {}).get(
                 f"{name}_subject_accuracy", {})}
+            kept[name]["stats"] = (previous.get("stats") or {}).get("benchmark", {}).get(name) or \
+                stats_mod.stats_from_summary_entry(bench, kept[name]["accuracy"], kept[name]["subject_accuracy"])
     return kept
 
 
 def _kept_record(name: str, data: dict) -> BenchmarkRecord:
     fields = ("description", "status", "tasks", "priority", "metrics", "n_samples", "primary_metric", "duration_s",
-              "files", "error", "runs", "accuracy", "subject_accuracy", "requests")
+              "files", "error", "runs", "accuracy", "subject_accuracy", "requests", "stats")
     return BenchmarkRecord(name=name, resumed=True, **{k: data[k] for k in fields if k in data})
 
 

@@ -1,7 +1,8 @@
 """The run summary (``evalchemy_summary_<run_id>.json``): a versioned format, written atomically.
 
-Format: ``evalchemy/schemas/summary.schema.json`` (schema_version 1). Volatile fields (``started_at``,
-``finished_at``, ``duration_s``, ``host``, ``pid``) are the only ones that change between identical runs.
+Format: ``evalchemy/schemas/summary.schema.json`` (schema_version 2; version 1 had no ``stats``). Volatile fields
+(``started_at``, ``finished_at``, ``duration_s``, ``host``, ``pid``) are the only ones that change between identical
+runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from evalchemy.results.stats import METHOD as STATS_METHOD
+
+SCHEMA_VERSION = 2  # 2: the stats layer; readers accept 1 (no stats)
 RUN_STATUSES = ("success", "partial", "failed", "interrupted")
 BENCHMARK_STATUSES = ("success", "failed", "timeout", "skipped")
 REQUEST_COUNTS = ("sent", "failed_attempts", "empty_answers", "truncated_prompts")
@@ -63,6 +66,7 @@ class BenchmarkRecord:
     runs: list[dict] = field(default_factory=list)
     resumed: bool = False  # kept from an earlier attempt of the same run id
     requests: dict = field(default_factory=lambda: dict.fromkeys(REQUEST_COUNTS, 0))
+    stats: dict | None = None  # this benchmark's entry of the summary's stats layer (evalchemy.results.stats)
 
     def to_json(self) -> dict:
         return {
@@ -103,11 +107,14 @@ def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, 
                   secrets: dict | None = None) -> dict:
     counts = {s: sum(1 for r in records if r.status == s) for s in BENCHMARK_STATUSES}
     breakdown: dict[str, object] = {}
+    stats: dict[str, object] = {}
     for record in records:
         if record.status == "success" and record.accuracy is not None:
             breakdown[f"{record.name}_accuracy"] = record.accuracy
             if len(record.subject_accuracy) > 1:
                 breakdown[f"{record.name}_subject_accuracy"] = record.subject_accuracy
+            if record.stats is not None:
+                stats[record.name] = record.stats
     summary = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -129,6 +136,7 @@ def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, 
         "benchmarks": {r.name: r.to_json() for r in records},
         "order": [r.name for r in records if r.status != "skipped"],
         "breakdown": {"benchmark": breakdown},
+        "stats": {"benchmark": stats, "method": STATS_METHOD},
         "files": files,
     }
     if secrets is not None:  # the end-of-run scan for the API key: present when the run had one

@@ -8,7 +8,8 @@ saves lm-eval's output files as ``lm_eval run --output_path`` does, and answers 
 
 Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url"}
 Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "duration_s": float,
-         "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"}}
+         "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"},
+         "stats": {task: {filter: counts}} (evalchemy.results.stats.sample_stats)}
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import traceback
 from pathlib import Path
 
 from evalchemy import redaction
+from evalchemy.results.stats import sample_stats
 
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
 
@@ -120,14 +122,21 @@ class Worker:
         kwargs = dict(job["kwargs"])
         tracker = EvaluationTracker(output_path=job["output_path"])
         results = lm_eval.simple_evaluate(
-            **kwargs,
+            **{**kwargs, "log_samples": True},  # the stats layer needs the samples; files only when asked
             task_manager=self.task_manager(tuple(job["task_folders"])),
             evaluation_tracker=tracker,
         )
         if results is None:
             raise RuntimeError("lm-eval returned no results")
-        samples = results.pop("samples", None) if kwargs.get("log_samples") else None
-        results.pop("samples", None)
+        samples = results.pop("samples", None)
+        try:
+            stats = sample_stats(samples, results.get("configs"))
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:  # scores stand without them
+            logging.getLogger(__name__).warning("stats layer: could not read lm-eval's samples (%s: %s); the "
+                                                "summary keeps accuracy, n and the interval only",
+                                                type(err).__name__, err)
+            stats = {}
+        samples = samples if kwargs.get("log_samples") else None
         config = results.get("config") or {}
         if isinstance(config.get("model_args"), dict):
             config["model_args"] = {**config["model_args"], "base_url": job["credentials_free_base_url"]}
@@ -142,7 +151,7 @@ class Worker:
                 if task_name in samples:
                     tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
         files = sorted(str(p) for p in set(Path(job["output_path"]).rglob("*")) - before if p.is_file())
-        return {"results": results, "files": files, "duration_s": time.monotonic() - started}
+        return {"results": results, "files": files, "duration_s": time.monotonic() - started, "stats": stats}
 
 
 def main() -> int:
