@@ -27,7 +27,7 @@ def test_readme_help_block_is_current():
 
 def test_every_flag_has_help_text():
     """Each option of the CLI and of the data transfer scripts documents itself."""
-    from evalchemy.cli.app.report_commands import report_command
+    from evalchemy.cli.report_commands import report_command
 
     for command in (cli, export_data, import_data, report_command()):
         missing = [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help]
