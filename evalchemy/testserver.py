@@ -39,7 +39,8 @@ Behaviour (``answers``, a dict or ``--answers FILE``), simple enough for a test 
 Faults, for tests of an unattended runner (completions requests only): ``fail_first`` (the first N get HTTP 500),
 ``fail_status`` (every one gets that status), ``hang`` (seconds to wait before answering, once ``hang_after``
 requests have arrived; a stop ends the wait), ``malformed`` (200 with invalid JSON), ``no_logprobs``
-(``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``die_after`` (after N answers the
+(``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``empty_text`` (generations with
+``"text": ""``, no token generated, ``finish_reason`` ``"stop"``), ``die_after`` (after N answers the
 server dies: in-process it closes its socket and every connection; as a process, with ``--die-after``, it exits
 at once with status 1). ``latency`` (seconds per completions request, the work included) and ``capacity``
 (sequences processed at once, like vLLM's ``max_num_seqs``: a request with k prompts takes k of them, or all of
@@ -245,7 +246,7 @@ class TestServer:
                  root: str | None = None, max_model_len: int = 2048, answers: dict | None = None,
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
-                 malformed: bool = False, null_text: bool = False, no_logprobs: bool = False,
+                 malformed: bool = False, null_text: bool = False, no_logprobs: bool = False, empty_text: bool = False,
                  die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
                  request_log: Path | str | None = None, extra_models: Iterable[str] = ()):
         from tokenizers import Tokenizer
@@ -267,6 +268,7 @@ class TestServer:
         self.hang_after = hang_after
         self.malformed = malformed
         self.null_text = null_text
+        self.empty_text = empty_text
         self.no_logprobs = no_logprobs
         self.die_after = die_after
         self.die_exits_process = die_exits_process
@@ -432,6 +434,8 @@ class TestServer:
         if hits:
             cut, stop_reason = min(hits)
             answer = answer[:cut]
+        if self.empty_text:
+            answer, stop_reason = "", None
         encoding = self.tokenizer.encode(answer, add_special_tokens=False)
         n_out = len(encoding.ids)
         if n_out > max_tokens:
@@ -728,6 +732,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--malformed", action="store_true", help="answer completions requests with invalid JSON")
     add("--no-logprobs", action="store_true", help='answer with "logprobs": null')
     add("--null-text", action="store_true", help='answer generations with "text": null')
+    add("--empty-text", action="store_true", help='answer generations with "text": ""')
     add("--die-after", metavar="N", type=int, help="exit with status 1 right after answering N completions requests")
     add("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' under /v1 (default: $TESTSERVER_API_KEY)")
     add("--request-log", metavar="FILE", type=Path,
@@ -750,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
                             capacity=args.capacity, tokenizer_endpoints=args.tokenizer_endpoints,
                             fail_first=args.fail_first, fail_status=args.fail_status, hang=args.hang,
                             hang_after=args.hang_after, malformed=args.malformed, no_logprobs=args.no_logprobs,
-                            null_text=args.null_text, die_after=args.die_after, die_exits_process=True,
+                            null_text=args.null_text, empty_text=args.empty_text, die_after=args.die_after, die_exits_process=True,
                             api_key=args.api_key or os.environ.get("TESTSERVER_API_KEY") or None,
                             request_log=args.request_log, extra_models=args.extra_model)
     except (OSError, ValueError) as err:
