@@ -73,6 +73,8 @@ def describe(err: BaseException, job: dict) -> str:
     run_dir = Path(job["log_path"]).parent
     if isinstance(err, MissingLogprobs):
         return NO_LOGPROBS
+    if isinstance(err, KeyboardInterrupt):
+        return original
     if _folder_problem(run_dir):  # whatever lm-eval tripped over (its request cache, its results files) first
         return (f"the run folder {run_dir} was removed or made unwritable during the run ({original}); "
                 "leave it in place, writable, until the run ends")

@@ -211,8 +211,7 @@ def test_request_timeout_names_the_limit_and_the_flag(assets, write_config, tmp_
     """A server slower than --request-timeout: the error names the per-request limit, its value and the flag,
     not a bare TimeoutError."""
     with TestServer(assets["tokenizer"], "test-model", hang=30) as srv:
-        done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets, "--request-timeout", "1",
-                    "--concurrency", "2")
+        done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets, "--request-timeout", "1")
     assert done.returncode == 4, done.stderr
     bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
     assert bench["status"] == "failed"
