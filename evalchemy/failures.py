@@ -81,6 +81,6 @@ def describe(err: BaseException, job: dict) -> str:
     if _is_timeout(err):
         args = (job.get("kwargs") or {}).get("model_args") or {}
         return (f"a request got no answer within the per-request timeout ({args.get('timeout', '?')} s, "
-                f"--request-timeout) in any of its {args.get('max_retries', '?')} attempt(s); raise --request-timeout, or lower "
-                "--concurrency or --batch-size if the server is overloaded")
+                f"--request-timeout) in any of its {args.get('max_retries', '?')} attempt(s); raise "
+                "--request-timeout, or lower --concurrency or --batch-size if the server is overloaded")
     return original

@@ -246,7 +246,8 @@ class TestServer:
                  root: str | None = None, max_model_len: int = 2048, answers: dict | None = None,
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
-                 malformed: bool = False, null_text: bool = False, no_logprobs: bool = False, empty_text: bool = False,
+                 malformed: bool = False, null_text: bool = False, no_logprobs: bool = False,
+                 empty_text: bool = False,
                  die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
                  request_log: Path | str | None = None, extra_models: Iterable[str] = ()):
         from tokenizers import Tokenizer
@@ -755,7 +756,8 @@ def main(argv: list[str] | None = None) -> int:
                             capacity=args.capacity, tokenizer_endpoints=args.tokenizer_endpoints,
                             fail_first=args.fail_first, fail_status=args.fail_status, hang=args.hang,
                             hang_after=args.hang_after, malformed=args.malformed, no_logprobs=args.no_logprobs,
-                            null_text=args.null_text, empty_text=args.empty_text, die_after=args.die_after, die_exits_process=True,
+                            null_text=args.null_text, die_after=args.die_after, die_exits_process=True,
+                            empty_text=args.empty_text,
                             api_key=args.api_key or os.environ.get("TESTSERVER_API_KEY") or None,
                             request_log=args.request_log, extra_models=args.extra_model)
     except (OSError, ValueError) as err:
