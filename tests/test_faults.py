@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,10 +63,12 @@ def test_unusable_answers_fail_the_benchmark(assets, write_config, tmp_path, fau
     assert not (tmp_path / "o" / "r" / "capitals_results.json").exists()
 
 
-def test_empty_answers_fail_unless_allowed(assets, write_config, tmp_path):
-    """Generations answered with null text are counted; above --max-failed-requests (default 0) the benchmark fails."""
+@pytest.mark.parametrize("fault", ["null_text", "empty_text"])
+def test_empty_answers_fail_unless_allowed(assets, write_config, tmp_path, fault):
+    """Generations answered with null or "" text are counted; above --max-failed-requests (default 0) the benchmark
+    fails."""
     config = write_config(ECHO_ONLY)
-    with TestServer(assets["tokenizer"], "test-model", null_text=True, root="/nowhere") as srv:
+    with TestServer(assets["tokenizer"], "test-model", root="/nowhere", **{fault: True}) as srv:
         strict = _run(srv.base_url, config, tmp_path / "o", "strict", assets)
         lenient = _run(srv.base_url, config, tmp_path / "o", "lenient", assets, "--max-failed-requests", "4")
     n = len(taskdata.ECHO_WORDS)
@@ -186,3 +189,122 @@ def test_kill_9_then_rerun(assets, write_config, tmp_path):
     assert len(after) - len(before) <= N_CAPITALS - len(before) + 1  # at most the one in flight at the kill
     bench = _summary(tmp_path / "o", "k9")["benchmarks"]["capitals"]
     assert bench["metrics"]["demo_capitals"]["acc"]["value"] == pytest.approx(expected_capitals())
+
+
+def test_missing_logprobs_are_named_and_not_retried(assets, write_config, tmp_path):
+    """Echo answers without log-probabilities: the benchmark's error says so (not lm-eval's TypeError), and no
+    request is sent twice (asking again cannot help)."""
+    with TestServer(assets["tokenizer"], "test-model", no_logprobs=True) as srv:
+        done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets)
+        bodies = [json.dumps(body, sort_keys=True) for body in srv.requests]
+    assert done.returncode == 4, done.stderr
+    bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
+    assert bench["error"] == (
+        'demo_capitals: this server returned no log-probabilities for an echo request ("logprobs": null); '
+        "multiple-choice tasks need them: serve the model with an engine that returns prompt log-probabilities "
+        "(vLLM does), or leave the multiple-choice tasks out")
+    assert len(set(bodies)) == len(bodies) > 0
+    assert bench["requests"]["sent"] == len(bodies)
+
+
+def test_request_timeout_names_the_limit_and_the_flag(assets, write_config, tmp_path):
+    """A server slower than --request-timeout: the error names the per-request limit, its value and the flag,
+    not a bare TimeoutError."""
+    with TestServer(assets["tokenizer"], "test-model", hang=30) as srv:
+        done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets, "--request-timeout", "1")
+    assert done.returncode == 4, done.stderr
+    bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
+    assert bench["status"] == "failed"
+    assert bench["error"] == (
+        "demo_capitals: a request got no answer within the per-request timeout (1 s, --request-timeout) in any of "
+        "its 3 attempt(s); raise --request-timeout, or lower --concurrency or --batch-size if the server is "
+        "overloaded")
+
+
+def test_request_counts_survive_the_task_timeout(assets, write_config, tmp_path):
+    """The server hangs after 10 answers and the task's timeout stops the benchmark: the summary still counts
+    every request that reached the server (the 10 answered and the ones hanging in flight)."""
+    config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["caps"]}},
+                           "tasks": {"caps": {"enabled": True, "tasks": ["demo_capitals"], "timeout": 10}}})
+    with TestServer(assets["tokenizer"], "test-model", hang=60, hang_after=10) as srv:
+        done = _run(srv.base_url, config, tmp_path / "o", "r", assets, "--concurrency", "4")
+        arrived = len(srv.requests)
+    assert done.returncode == 4, done.stderr
+    bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
+    assert bench["status"] == "timeout"
+    assert arrived == 10 + 4
+    assert bench["requests"] == {"sent": arrived, "failed_attempts": 0, "empty_answers": 0, "truncated_prompts": 0}
+
+
+def test_request_counts_survive_kill_9_of_the_worker(assets, write_config, tmp_path):
+    """kill -9 of the lm-eval worker mid-benchmark: the benchmark fails with that reason, and the summary counts
+    every request that reached the server."""
+    port = _free_port()
+    server = _start_server_process(assets, tmp_path, port, "--latency", "0.3")
+    try:
+        proc = subprocess.Popen([str(PROJECT / "run_evalchemy.sh"), "--endpoint", f"http://127.0.0.1:{port}",
+                                 "--config", str(write_config(CAPITALS_ONLY)), "--output", str(tmp_path / "o"),
+                                 "--run-id", "k", "--include-path", str(assets["tasks_dir"]), "--concurrency", "1",
+                                 "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(_logged_requests(tmp_path)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "evalchemy.engines.lm_eval.worker"], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == 1
+        os.kill(int(workers[0]), signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+        time.sleep(0.5)  # the request in flight at the kill has long reached the server's log
+        arrived = len(_logged_requests(tmp_path))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+    assert proc.returncode == 4, stderr
+    bench = _summary(tmp_path / "o", "k")["benchmarks"]["capitals"]
+    assert bench["error"] == "demo_capitals: the lm-eval worker was killed by SIGKILL"
+    assert 5 <= arrived < N_CAPITALS
+    assert bench["requests"]["sent"] == arrived
+
+
+def test_run_folder_removed_mid_run_is_named(assets, write_config, tmp_path):
+    """The run folder deleted while a benchmark runs: the benchmark's error names the folder (not sqlite's
+    'attempt to write a readonly database'), and the summary is still written."""
+    port = _free_port()
+    server = _start_server_process(assets, tmp_path, port, "--latency", "0.2")
+    run_dir = tmp_path / "o" / "gone"
+    try:
+        proc = subprocess.Popen([str(PROJECT / "run_evalchemy.sh"), "--endpoint", f"http://127.0.0.1:{port}",
+                                 "--config", str(write_config(CAPITALS_ONLY)), "--output", str(tmp_path / "o"),
+                                 "--run-id", "gone", "--include-path", str(assets["tasks_dir"]), "--concurrency",
+                                 "1", "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(_logged_requests(tmp_path)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(20):  # lm-eval may write a file into it while it goes
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if not run_dir.exists():
+                break
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=10)
+    assert proc.returncode == 4, stderr
+    bench = _summary(tmp_path / "o", "gone")["benchmarks"]["capitals"]
+    assert bench["status"] == "failed"
+    assert bench["error"].startswith(f"demo_capitals: the run folder {run_dir} was removed or made unwritable "
+                                     "during the run (")
+    assert bench["error"].endswith("); leave it in place, writable, until the run ends")
+
+
+def test_benchmark_logs_are_line_oriented(assets, write_config, tmp_path):
+    """No progress bar redrawn with carriage returns in a benchmark log (one line per record, also under cron)."""
+    config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["demo_capitals"]},
+                                          "echo": {"enabled": True, "tasks": ["demo_echo"]}}})
+    with TestServer(assets["tokenizer"], "test-model", answers={"favoured": sorted(FAVOURED),
+                                                                "generations": GENERATIONS}) as srv:
+        done = _run(srv.base_url, config, tmp_path / "o", "r", assets)
+    assert done.returncode == 0, done.stderr
+    for name in ("capitals", "echo"):
+        text = (tmp_path / "o" / "r" / f"{name}_benchmark.log").read_text(encoding="utf-8")
+        assert "Running loglikelihood requests" in text or "Running generate_until requests" in text
+        assert "\r" not in text

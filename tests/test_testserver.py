@@ -333,6 +333,26 @@ def test_malformed_no_logprobs_and_null_text(tokenizer_dir):
     assert status == 200 and body["choices"][0]["text"] is None
 
 
+def test_empty_text_answers_generations_with_an_empty_string(tokenizer_dir, tmp_path):
+    """empty_text (--empty-text as a process) answers generations with text "" and no token generated, stopped;
+    log-likelihood requests are answered as usual."""
+    request = {"model": "test-model", "prompt": "What is the capital of France?", "max_tokens": 4, "logprobs": 1}
+    with TestServer(tokenizer_dir, "test-model", answers=ANSWERS, empty_text=True) as srv:
+        status, body = call(srv.completions_url, request)
+        assert call(srv.completions_url, ll_request("Paris"))[1]["choices"][0]["logprobs"]["token_logprobs"] \
+            == [None, -2.0]
+    assert status == 200
+    assert {k: body["choices"][0][k] for k in ("text", "finish_reason", "stop_reason")} == \
+        {"text": "", "finish_reason": "stop", "stop_reason": None}
+    assert body["choices"][0]["logprobs"]["tokens"] == [] and body["usage"]["completion_tokens"] == 0
+    proc = _start(tokenizer_dir, tmp_path, "--empty-text")
+    try:
+        url = proc.stdout.readline().split()[-1]
+        assert call(f"{url}/v1/completions", request)[1]["choices"][0]["text"] == ""
+    finally:
+        _stop(proc)
+
+
 def test_api_key_guards_v1_paths(tokenizer_dir):
     """With api_key, /v1 paths without the right Bearer token get 401 {"error": "Unauthorized"} and are not
     recorded; with it they are answered; /health stays open, as in vLLM."""

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalchemy.engines.lm_eval.accounting import COUNTERS_FD_ENV, Counters
 from evalchemy.execution.process import die_with_parent, stop_process_group
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
 from evalchemy.engines.lm_eval.worker import RESULT_FD_ENV
@@ -39,7 +40,7 @@ class RunOutcome:
     results: dict | None = None
     files: list[str] = field(default_factory=list)
     duration_s: float = 0.0
-    requests: dict = field(default_factory=dict)  # RequestStats of the worker; empty when it died
+    requests: dict = field(default_factory=dict)  # RequestStats of the worker (from its counters file if it died)
     stats: dict = field(default_factory=dict)  # per-sample counts for the summary's stats layer
 
 
@@ -61,10 +62,11 @@ class Worker:
         self.proc: subprocess.Popen | None = None
         self._answers = None
         self._buffer = b""
+        self.counters = Counters()  # the current job's request counts; readable after the worker is gone
 
     def start(self) -> None:
         read_fd, write_fd = os.pipe()
-        env = {**self.env, RESULT_FD_ENV: str(write_fd)}
+        env = {**self.env, RESULT_FD_ENV: str(write_fd), COUNTERS_FD_ENV: str(self.counters.fd)}
         with open(self.boot_log, "ab") as boot:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
                 [sys.executable, "-m", "evalchemy.engines.lm_eval.worker"],
@@ -72,7 +74,7 @@ class Worker:
                 stdout=boot,
                 stderr=subprocess.STDOUT,
                 env=env,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd, self.counters.fd),
                 start_new_session=True,
                 preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks
                 cwd=self.cwd,
@@ -90,6 +92,7 @@ class Worker:
         if not self.alive:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
+        self.counters.reset()
         try:
             self.proc.stdin.write((json.dumps(job) + "\n").encode())
             self.proc.stdin.flush()
@@ -175,10 +178,11 @@ def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, 
     except WorkerTimeout:
         worker.stop()
         return RunOutcome(run, "timeout", error=f"timed out after {run.timeout} s (tasks.{run.entry}.timeout)",
-                          duration_s=time.monotonic() - started)
+                          duration_s=time.monotonic() - started, requests=worker.counters.read())
     except WorkerCrashed as err:
         worker.stop()
-        return RunOutcome(run, "failed", error=str(err), duration_s=time.monotonic() - started)
+        return RunOutcome(run, "failed", error=str(err), duration_s=time.monotonic() - started,
+                          requests=worker.counters.read())
     duration = time.monotonic() - started
     requests = answer.get("requests") or {}
     if not answer.get("ok"):

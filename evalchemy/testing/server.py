@@ -39,7 +39,8 @@ Behaviour (``answers``, a dict or ``--answers FILE``), simple enough for a test 
 Faults, for tests of an unattended runner (completions requests only): ``fail_first`` (the first N get HTTP 500),
 ``fail_status`` (every one gets that status), ``hang`` (seconds to wait before answering, once ``hang_after``
 requests have arrived; a stop ends the wait), ``malformed`` (200 with invalid JSON), ``no_logprobs``
-(``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``die_after`` (after N answers the
+(``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``empty_text`` (generations with
+``"text": ""``, no token generated, ``finish_reason`` ``"stop"``), ``die_after`` (after N answers the
 server dies: in-process it closes its socket and every connection; as a process, with ``--die-after``, it exits
 at once with status 1), ``fail_echo_headers`` (the injected HTTP errors' message echoes the request's headers,
 ``Authorization`` included, as debugging proxies do; alone it makes every completions request such an HTTP 500). ``latency`` (seconds per completions request, the work included) and ``capacity``
@@ -247,7 +248,8 @@ class TestServer:
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
                  malformed: bool = False, null_text: bool = False, no_logprobs: bool = False,
-                 fail_echo_headers: bool = False, die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
+                 fail_echo_headers: bool = False, empty_text: bool = False,
+                 die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
                  request_log: Path | str | None = None, extra_models: Iterable[str] = ()):
         from tokenizers import Tokenizer
 
@@ -268,6 +270,7 @@ class TestServer:
         self.hang_after = hang_after
         self.malformed = malformed
         self.null_text = null_text
+        self.empty_text = empty_text
         self.no_logprobs = no_logprobs
         self.fail_echo_headers = fail_echo_headers
         self.die_after = die_after
@@ -434,6 +437,8 @@ class TestServer:
         if hits:
             cut, stop_reason = min(hits)
             answer = answer[:cut]
+        if self.empty_text:
+            answer, stop_reason = "", None
         encoding = self.tokenizer.encode(answer, add_special_tokens=False)
         n_out = len(encoding.ids)
         if n_out > max_tokens:
@@ -737,6 +742,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--fail-echo-headers", action="store_true",
         help="echo the request headers (Authorization included) in the injected HTTP errors; alone: every "
              "completions request gets such an HTTP 500")
+    add("--empty-text", action="store_true", help='answer generations with "text": ""')
     add("--die-after", metavar="N", type=int, help="exit with status 1 right after answering N completions requests")
     add("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' under /v1 (default: $TESTSERVER_API_KEY)")
     add("--request-log", metavar="FILE", type=Path,
@@ -761,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
                             hang_after=args.hang_after, malformed=args.malformed, no_logprobs=args.no_logprobs,
                             null_text=args.null_text, fail_echo_headers=args.fail_echo_headers,
                             die_after=args.die_after, die_exits_process=True,
+                            empty_text=args.empty_text,
                             api_key=args.api_key or os.environ.get("TESTSERVER_API_KEY") or None,
                             request_log=args.request_log, extra_models=args.extra_model)
     except (OSError, ValueError) as err:

@@ -4,7 +4,8 @@ The runner starts one worker per run (and a fresh one after a timeout or crash).
 builds one ``TaskManager`` over just the task folders the run needs, then runs jobs read as JSON lines from stdin,
 one lm-eval invocation each. For each job it sends its output (stdout, stderr, logging) to that job's benchmark log,
 saves lm-eval's output files as ``lm_eval run --output_path`` does, and answers one JSON line on the result pipe
-(file descriptor named by ``EVALCHEMY_RESULT_FD``), which nothing else writes to.
+(file descriptor named by ``EVALCHEMY_RESULT_FD``), which nothing else writes to. Its request counts also go, as
+they change, to the runner's counters file (evalchemy/accounting.py), which outlives a killed worker.
 
 Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url"}
 Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "duration_s": float,
@@ -14,8 +15,6 @@ Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files":
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 import os
@@ -26,60 +25,10 @@ from pathlib import Path
 
 from evalchemy import redaction
 from evalchemy.results.stats import sample_stats
+from evalchemy.engines.lm_eval import failures
+from evalchemy.engines.lm_eval.accounting import RequestStats, no_progress_bars
 
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
-
-
-class RequestStats(logging.Handler):
-    """What one job asked of the endpoint: HTTP attempts, failed attempts (lm-eval retries them; a request whose
-    every attempt fails fails the job), answers that came back empty, and prompts lm-eval truncated to max_length.
-    Attempts are counted by wrapping lm-eval's request methods; the last two from lm-eval's own warnings."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.reset()
-
-    def reset(self) -> None:
-        self.sent = self.failed = self.empty = self.truncated = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if "returned null content" in message:
-            self.empty += 1
-        elif "truncat" in message.lower():
-            self.truncated += 1
-
-    def as_dict(self) -> dict:
-        return {"sent": self.sent, "failed_attempts": self.failed, "empty_answers": self.empty,
-                "truncated_prompts": self.truncated}
-
-    def counting(self, method):
-        stats = self
-        if inspect.iscoroutinefunction(method):
-            @functools.wraps(method)
-            async def wrapper(*args, **kwargs):
-                stats.sent += 1
-                try:
-                    return await method(*args, **kwargs)
-                except BaseException:
-                    stats.failed += 1
-                    raise
-        else:
-            @functools.wraps(method)
-            def wrapper(*args, **kwargs):
-                stats.sent += 1
-                try:
-                    return method(*args, **kwargs)
-                except BaseException:
-                    stats.failed += 1
-                    raise
-        return wrapper
-
-    def install(self) -> None:
-        from lm_eval.models.api_models import TemplateAPI
-
-        for name in ("model_call", "amodel_call"):
-            setattr(TemplateAPI, name, self.counting(getattr(TemplateAPI, name)))
 
 
 def _redirect_output(log_path: str) -> None:
@@ -162,8 +111,10 @@ def main() -> int:
     sys.stderr = redaction.ScrubbingStream(sys.stderr)
     answers = os.fdopen(result_fd, "w", encoding="utf-8", buffering=1)
     worker = Worker()
-    stats = RequestStats()
+    no_progress_bars()
+    stats = RequestStats.from_env()
     stats.install()
+    failures.install()
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -177,8 +128,7 @@ def main() -> int:
             answer.update(worker.run(job), ok=True)
         except BaseException as err:  # noqa: BLE001 - reported to the runner, which records the failure
             sys.stderr.write(redaction.scrub(traceback.format_exc()))
-            message = str(err).strip().splitlines()[-1] if str(err).strip() else ""
-            answer["error"] = redaction.scrub(f"{type(err).__name__}: {message}" if message else type(err).__name__)
+            answer["error"] = redaction.scrub(failures.describe(err, job))
             if isinstance(err, KeyboardInterrupt):
                 answers.write(redaction.scrub(json.dumps(answer)) + "\n")
                 return 130
