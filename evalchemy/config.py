@@ -383,7 +383,7 @@ def load_config(path: Path, index=None) -> Config:
     data = parse_json(path, text)
     problems = schema_problems(data)
     more, warnings = semantic_problems(data, index) if isinstance(data, dict) else ([], [])
-    problems = sorted(set(problems + more), key=_problem_order)
+    problems = sorted(set(problems + more), key=lambda problem: (_problem_order(problem), problem))
     if problems:
         raise ConfigError(str(path), problems)
 
