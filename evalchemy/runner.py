@@ -122,7 +122,7 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
     those already in ``findings`` (the data's) first.
 
     ``local``: the embedded llama.cpp server, which takes one string prompt per request."""
-    findings = findings or PreflightFindings()
+    findings = PreflightFindings() if findings is None else findings
     ep = endpoint_mod.normalize(opts.endpoint)
     logger.info("endpoint: %s", ep.display)
     models = findings.check(endpoint_mod.fetch_models, ep, api_key=api_key)
@@ -345,8 +345,9 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             record = BenchmarkRecord(name=bench.name, description=bench.description,
                                      status="skipped" if pre is None or interrupted else "failed",
                                      tasks=[t for run in bench.runs for t in run.tasks], priority=bench.priority,
-                                     error="not run: " + ("preflight failed" if not interrupted else "run interrupted"
-                                                          if pre else "interrupted during preflight"))
+                                     error="not run: " + ("run interrupted" if pre is not None else
+                                                          "interrupted during preflight" if interrupted else
+                                                          "preflight failed"))
             records.append(record)
 
     status = run_status(records, interrupted is not None, preflight_error)
