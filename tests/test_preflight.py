@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from jsonschema import Draft202012Validator
 
+from evalchemy.config import load_schema
 from evalchemy.testserver import TestServer, build_test_tokenizer
 from tests import taskdata
 from tests.conftest import PROJECT
@@ -122,7 +124,8 @@ def test_interrupted_preflight_is_not_called_failed(assets, write_config, tmp_pa
 
 
 def test_korean_benchmark_name_names_its_files(assets, write_config, tmp_path):
-    """A benchmark named in Hangul runs, and its results file, log and lm-eval folder carry the name."""
+    """A benchmark named in Hangul runs, and its results file, log, lm-eval folder and breakdown key carry the name;
+    the summary still matches its schema."""
     config = write_config({"benchmarks": {"보험학": {"enabled": True, "tasks": ["demo_echo"]}}})
     with TestServer(assets["tokenizer"], "test-model", answers={"generations": GENERATIONS}) as srv:
         done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
@@ -130,7 +133,10 @@ def test_korean_benchmark_name_names_its_files(assets, write_config, tmp_path):
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "o" / "ko"
     summary = json.loads((run_dir / "evalchemy_summary_ko.json").read_text(encoding="utf-8"))
+    Draft202012Validator(load_schema("summary.schema.json")).validate(summary)
     assert summary["benchmarks"]["보험학"]["status"] == "success"
+    assert summary["breakdown"]["benchmark"]["보험학_accuracy"] == summary["benchmarks"]["보험학"]["metrics"][
+        "demo_echo"]["exact_match,strip"]["value"]
     assert {"보험학_results.json", "보험학_benchmark.log"} <= set(summary["benchmarks"]["보험학"]["files"])
     assert (run_dir / "보험학_results.json").is_file() and (run_dir / "lm_eval" / "보험학" / "demo_echo").is_dir()
 
