@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from evalchemy.errors import PreflightError, UsageError
 
@@ -80,6 +80,10 @@ def _parse(raw: str):
     except ValueError as err:
         raise UsageError(f"--endpoint {_display(raw)!r}: not a valid URL ({err}): expected an http(s) URL such as "
                          "http://gpu-box:8000/v1/completions") from None
+    wide = re.search(r"[^\x00-\x7f]", parts.path)
+    if wide:
+        raise UsageError(f"--endpoint {_display(raw)!r}: the path has the character {wide.group()!r}, which cannot be "
+                         f"sent as it is: write it percent-encoded ({quote(wide.group())})")
     return parts
 
 

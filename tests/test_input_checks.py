@@ -27,13 +27,15 @@ def errors(result) -> str:
     ("http://[::1", f"error: --endpoint 'http://[::1': not a valid URL (Invalid IPv6 URL): {EXAMPLE}\n"),
     ("http://host:99999/v1", f"error: --endpoint 'http://host:99999/v1': not a valid URL (Port out of range "
                              f"0-65535): {EXAMPLE}\n"),
+    ("http://host:8000/vé/v1", "error: --endpoint 'http://host:8000/vé/v1': the path has the character 'é', which "
+                               "cannot be sent as it is: write it percent-encoded (%C3%A9)\n"),
     ("http://host:8000/v1?x=1", "error: --endpoint 'http://host:8000/v1?x=***': a URL with a query string ('?') or "
                                 "a fragment ('#') is not supported (requests go to …/v1/completions without it): "
                                 "remove it\n"),
 ])
 def test_malformed_endpoint_is_a_usage_error_and_creates_nothing(invoke, tmp_path, value, message):
-    """A space, a control character, a broken IPv6 host, a bad port or a query string in --endpoint: exit 2 with
-    a message naming the value and the problem, and no results folder."""
+    """A space, a control character, a broken IPv6 host, a bad port, a non-ASCII path or a query string in
+    --endpoint: exit 2 with a message naming the value and the problem, and no results folder."""
     result = invoke("--endpoint", value, "--output", str(tmp_path / "o"), "--run-id", "r")
     assert result.exit_code == 2
     assert result.stderr == message
