@@ -105,9 +105,9 @@ def test_benchmark_names_may_use_letters_of_any_script(invoke, write_config):
 
 
 def test_unsafe_benchmark_and_task_entry_names_are_refused_with_the_rule(invoke, write_config):
-    """Benchmark names with a space, a slash, a leading '_', an emoji or over 128 UTF-8 bytes are refused; task
-    entry names stay lm-eval task names (ASCII), and the message says where another script goes."""
-    names = ["a b", "x/y", "_x", "ok🙂", "가" * 43]
+    """Benchmark names that are empty, have a space, a slash, a leading '_' or an emoji, or pass 128 UTF-8 bytes are
+    refused; task entry names stay lm-eval task names (ASCII), and the message says where another script goes."""
+    names = ["", "a b", "x/y", "_x", "ok🙂", "가" * 43]
     path = write_config({"benchmarks": {name: {"enabled": True, "tasks": ["arc_easy"]} for name in names},
                          "tasks": {"금융": {"enabled": True, "tasks": ["arc_easy"]}}})
     result = invoke("--validate-config", "--config", str(path))
@@ -115,7 +115,7 @@ def test_unsafe_benchmark_and_task_entry_names_are_refused_with_the_rule(invoke,
     rule = ("is not a valid benchmark name: use letters and digits (any script), '.', '_' and '-', starting with a "
             "letter or digit, at most 128 bytes in UTF-8 (it names the benchmark's files)")
     assert errors(result).splitlines() == [
-        f"error: {path}: 6 problems found",
+        f"error: {path}: 7 problems found",
         *sorted(f"  benchmarks: {name!r} {rule}" for name in names),
         "  tasks: '금융' is not a valid task entry name: entry names, like the task names a benchmark lists, use "
         "ASCII letters, digits, '.', '_' and '-', starting with a letter or digit, up to 128 (a name in another "
