@@ -43,6 +43,28 @@ class PreflightError(EvalchemyError):
     exit_code = EXIT_PREFLIGHT
 
 
+class PreflightFindings:
+    """Preflight's problems (data, endpoint, model, tokenizer), collected so that one run reports them all."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def check(self, step, *args, **kwargs):
+        """``step(*args, **kwargs)``; None when it raises PreflightError, whose message is kept."""
+        try:
+            return step(*args, **kwargs)
+        except PreflightError as err:
+            self.problems.append(str(err))
+            return None
+
+    def raise_any(self) -> None:
+        """One PreflightError naming every problem, each starting a line; none when there was none."""
+        if len(self.problems) > 1:
+            raise PreflightError(f"{len(self.problems)} problems found:\n" + "\n".join(self.problems))
+        if self.problems:
+            raise PreflightError(self.problems[0])
+
+
 class LockHeldError(EvalchemyError):
     """Another run holds the lock on the output folder."""
 

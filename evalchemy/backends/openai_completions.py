@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from evalchemy.errors import PreflightError, UsageError
 
@@ -33,16 +34,6 @@ class Endpoint:
         return _redact(self.models_url)
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
-
 def strip_credentials(url: str) -> str:
     """The URL without user:password (for the summary and logs)."""
     parts = urlsplit(url)
@@ -52,22 +43,60 @@ def strip_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+# A query parameter whose name says it carries a secret: refused like user:password, and never echoed.
+CREDENTIAL_PARAMETER = re.compile(r"key|token|secret|passw|auth|sig|credential", re.IGNORECASE)
+
+
+def _redact(raw: str) -> str:
+    """The URL for messages and logs: user:password, every query value and the fragment replaced by ``***``, even
+    when it does not parse as a URL."""
+    text = re.sub(r"//[^/?#]*@", "//***@", raw, count=1)
+    head, hash_mark, fragment = text.partition("#")
+    base, question_mark, query = head.partition("?")
+    query = "&".join(item.split("=", 1)[0] + "=***" if "=" in item else item and "***" for item in query.split("&"))
+    return base + question_mark + query + hash_mark + ("***" if fragment else "")
+
+
+def _parse(raw: str):
+    """urlsplit, with the URL's malformations as usage errors naming the value and the problem."""
+    bad = re.search(r"[\x00-\x20\x7f]", raw)
+    if bad:
+        found = "a space" if bad.group() == " " else f"the control character U+{ord(bad.group()):04X}"
+        raise UsageError(f"--endpoint {_redact(raw)!r}: {found} at character {bad.start() + 1}; a URL cannot "
+                         "contain spaces or control characters: remove it (or write a space as %20)")
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError as err:
+        raise UsageError(f"--endpoint {_redact(raw)!r}: not a valid URL ({err}): expected an http(s) URL such as "
+                         "http://gpu-box:8000/v1/completions") from None
+    wide = re.search(r"[^\x00-\x7f]", parts.path)
+    if wide:
+        raise UsageError(f"--endpoint {_redact(raw)!r}: the path has the character {wide.group()!r}, which cannot be "
+                         f"sent as it is: write it percent-encoded ({quote(wide.group())})")
+    return parts
+
+
 def normalize(url: str) -> Endpoint:
     """Accept ``http://h:8000``, ``http://h:8000/v1``, ``http://h/prefix/v1/completions`` and return the URLs."""
     raw = url.strip()
-    parts = urlsplit(raw)
+    parts = _parse(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"--endpoint {raw!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
+            f"--endpoint {_redact(raw)!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
             "(or 'local' for the embedded model)"
         )
     if "," in raw:
         raise UsageError(f"--endpoint {_redact(raw)!r}: a URL with a comma cannot be passed to lm-eval")
-    if parts.username is not None or parts.password is not None:
+    names = [item.split("=", 1)[0] for item in re.split(r"[&;]", f"{parts.query}&{parts.fragment}") if item]
+    if parts.username is not None or parts.password is not None or any(map(CREDENTIAL_PARAMETER.search, names)):
         raise UsageError(
             f"--endpoint {_redact(raw)!r}: credentials in the URL are not supported (lm-eval sends its own "
             "Authorization header): remove them and put the API key in OPENAI_API_KEY, sent as a Bearer token"
         )
+    if parts.query or parts.fragment:
+        raise UsageError(f"--endpoint {_redact(raw)!r}: a URL with a query string ('?') or a fragment ('#') is not "
+                         "supported (requests go to …/v1/completions without it): remove it")
     path = parts.path.rstrip("/")
     if path.endswith("/chat/completions"):
         raise UsageError(

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 
 from evalchemy.errors import ConfigError
+from evalchemy.config.names import benchmark_name_problem
 
 PRIORITIES = ("high", "medium", "low")
 DEFAULT_PRIORITY = "medium"
@@ -144,7 +145,39 @@ def _syntax_hints(text: str) -> list[tuple[int, int, str]]:
     return hints
 
 
+# A config is 5 levels deep (tasks.<name>.dataset.source.repo); deeper nesting is a mistake, and far deeper nesting
+# would exhaust Python's recursion limit in the JSON reader.
+MAX_DEPTH = 32
+
+
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """(line, column) of the first ``[`` or ``{`` nested more than MAX_DEPTH levels deep, outside strings."""
+    depth, line, line_start, in_string, escaped = 0, 1, 0, False, False
+    for i, ch in enumerate(text):
+        if in_string:
+            in_string = escaped or ch != '"'
+            escaped = not escaped and ch == "\\"
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line, i - line_start + 1
+        elif ch in "]}":
+            depth -= 1
+        if ch == "\n":
+            line, line_start = line + 1, i + 1
+    return None
+
+
 def parse_json(path: Path, text: str) -> object:
+    if not text.strip():
+        raise ConfigError(str(path), ["the file is empty: a config is a JSON object with a \"benchmarks\" section, "
+                                      "like configs/eval_config.json"])
+    deep = _too_deep(text)
+    if deep:
+        raise ConfigError(str(path), [f"line {deep[0]}, column {deep[1]}: nested more than {MAX_DEPTH} levels deep "
+                                      "(a config needs 5): look for a run of unclosed '[' or '{'"])
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -182,8 +215,9 @@ def _schema_message(error) -> tuple[str, str]:
     if error.validator == "pattern":
         defs = load_schema()["$defs"]
         if error.validator_value == defs["name"]["pattern"]:
-            return location, (f"{error.instance!r} is not a valid name: use letters, digits, '.', '_' and '-', "
-                              "starting with a letter or digit")
+            return location, (f"{error.instance!r} is not a valid task entry name: entry names, like the task "
+                              "names a benchmark lists, use ASCII letters, digits, '.', '_' and '-', starting with a "
+                              "letter or digit, up to 128 (a name in another script goes in the entry's label)")
         if error.validator_value == defs["lm_eval_task"]["pattern"]:
             return location, (f"{error.instance!r} is not a valid lm-eval task name: use letters, digits, "
                               "'.', '_' and '-' (no commas, spaces or leading '-')")
@@ -263,6 +297,8 @@ def semantic_problems(data: dict, index) -> tuple[list[str], list[str]]:
         problems.append(f"{location}: {name!r} is not {where}an lm-eval task{hint}{_kmmlu_hint(name, index)}")
 
     for bench_name, bench in mapping(data.get("benchmarks")).items():
+        if benchmark_name_problem(bench_name):
+            problems.append(f"benchmarks: {benchmark_name_problem(bench_name)}")
         bench = mapping(bench)
         for i, name in enumerate(names(bench.get("tasks"))):
             referenced.add(name)
@@ -347,7 +383,7 @@ def load_config(path: Path, index=None) -> Config:
     data = parse_json(path, text)
     problems = schema_problems(data)
     more, warnings = semantic_problems(data, index) if isinstance(data, dict) else ([], [])
-    problems = sorted(set(problems + more), key=_problem_order)
+    problems = sorted(set(problems + more), key=lambda problem: (_problem_order(problem), problem))
     if problems:
         raise ConfigError(str(path), problems)
 

@@ -22,6 +22,7 @@ from evalchemy.errors import (
     EXIT_PREFLIGHT,
     Interrupted,
     PreflightError,
+    PreflightFindings,
     UsageError,
 )
 from evalchemy.execution.pool import RunOutcome, Worker, run_benchmark, worker_env
@@ -118,16 +119,27 @@ class Preflight:
     model_settings: ModelSettings
 
 
-def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = False) -> Preflight:
-    """Check the endpoint, pick the model and find a tokenizer offline. Raises PreflightError.
+def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = False,
+              findings: PreflightFindings | None = None) -> Preflight:
+    """Check the endpoint, pick the model and find a tokenizer offline. Raises PreflightError naming every problem,
+    those already in ``findings`` (the data's) first.
 
     ``local``: the embedded llama.cpp server, which takes one string prompt per request."""
+    findings = PreflightFindings() if findings is None else findings
     ep = endpoint_mod.normalize(opts.endpoint)
     logger.info("endpoint: %s", ep.display)
-    models = endpoint_mod.fetch_models(ep, api_key=api_key)
-    model = endpoint_mod.choose_model(models, opts.model, ep)
-    logger.info("model: %s", model["id"])
-    tokenizer = endpoint_mod.resolve_tokenizer(opts.tokenizer, model, ep, plan.needs_loglikelihood, api_key)
+    models = findings.check(endpoint_mod.fetch_models, ep, api_key=api_key)
+    model = None if models is None else findings.check(endpoint_mod.choose_model, models, opts.model, ep)
+    if model is not None:
+        logger.info("model: %s", model["id"])
+    tokenizer = None
+    if local and not opts.tokenizer:
+        tokenizer = endpoint_mod.TokenizerChoice("huggingface", str(local_model.tokenizer_dir()),
+                                                 "the embedded model's tokenizer")
+    elif model is not None or opts.tokenizer:  # else which tokenizer fits depends on the model the server reports
+        tokenizer = findings.check(endpoint_mod.resolve_tokenizer, opts.tokenizer, model, ep,
+                                   plan.needs_loglikelihood, api_key)
+    findings.raise_any()
     logger.info("tokenizer: %s (%s)", tokenizer.path or tokenizer.backend, tokenizer.source)
     server_max = model.get("max_model_len")
     max_length = opts.max_length or (server_max if isinstance(server_max, int) and server_max > 0 else None)
@@ -281,12 +293,14 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     local = opts.endpoint == LOCAL_ENDPOINT
     try:
         try:
-            check_plan_data(plan, index, opts.home or Path.cwd(), opts.online, config.path)
+            findings = PreflightFindings()
+            findings.check(check_plan_data, plan, index, opts.home or Path.cwd(), opts.online, config.path)
             if local:
-                server = LocalServer(run_dir / "local_model_server.log").start()
-                opts = replace(opts, endpoint=server.completions_url,
-                               tokenizer=opts.tokenizer or server.tokenizer_path)
-            pre = preflight(opts, plan, api_key, local=local)
+                server = findings.check(LocalServer(run_dir / "local_model_server.log").start)
+                opts = opts if server is None else replace(opts, endpoint=server.completions_url)
+            if server is not None or not local:
+                pre = preflight(opts, plan, api_key, local=local, findings=findings)
+            findings.raise_any()
             events.preflight_done(pre.model, pre.tokenizer)
         except PreflightError as err:
             preflight_error = str(err)
@@ -344,7 +358,9 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             record = BenchmarkRecord(name=bench.name, description=bench.description,
                                      status="skipped" if pre is None or interrupted else "failed",
                                      tasks=[t for run in bench.runs for t in run.tasks], priority=bench.priority,
-                                     error="not run: " + ("preflight failed" if pre is None else "run interrupted"))
+                                     error="not run: " + ("run interrupted" if pre is not None else
+                                                          "interrupted during preflight" if interrupted else
+                                                          "preflight failed"))
             records.append(record)
 
     status = run_status(records, interrupted is not None, preflight_error)
@@ -372,7 +388,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         config_sha256=config.sha256,
         settings={
             "batch_size": opts.batch_size,
-            "concurrency": opts.concurrency,
+            "concurrency": pre.model_settings.num_concurrent if pre else opts.concurrency,
             "max_length": pre.model_settings.max_length if pre else opts.max_length,
             "request_timeout_s": opts.request_timeout,
             "max_retries": opts.max_retries,
