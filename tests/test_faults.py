@@ -204,7 +204,8 @@ def test_missing_logprobs_are_named_and_not_retried(assets, write_config, tmp_pa
         "multiple-choice tasks need them: serve the model with an engine that returns prompt log-probabilities "
         "(vLLM does), or leave the multiple-choice tasks out")
     assert len(set(bodies)) == len(bodies) > 0
-    assert bench["requests"]["sent"] == len(bodies)
+    # the request in flight when lm-eval gives up may leave before the server has read it: at most one more
+    assert len(bodies) <= bench["requests"]["sent"] <= len(bodies) + 1
 
 
 def test_request_timeout_names_the_limit_and_the_flag(assets, write_config, tmp_path):
