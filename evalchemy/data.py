@@ -13,28 +13,11 @@ logger = logging.getLogger(__name__)
 FILE_BUILDERS = {"json", "csv", "parquet", "arrow", "text"}
 
 
-def _load_yaml(path: Path) -> dict:
-    """A task YAML, with lm-eval's ``!function`` and other tags read as plain values."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 - SafeLoader subclass
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def task_dataset(task_file: Path, _depth: int = 0) -> dict:
+def task_dataset(task_file: Path) -> dict:
     """dataset_path, dataset_name, dataset_kwargs of a task YAML, following ``include:``."""
-    data = _load_yaml(task_file)
-    include = data.get("include")
-    if isinstance(include, str) and _depth < 5:
-        base = task_dataset(task_file.parent / include, _depth + 1)
-        data = {**base, **data}
+    from evalchemy import taskyaml
+
+    data = taskyaml.read_config(task_file)
     return {k: data.get(k) for k in ("dataset_path", "dataset_name", "dataset_kwargs")}
 
 
