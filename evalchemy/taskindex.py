@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from importlib import metadata, util
 from pathlib import Path
 
-from evalchemy import taskyaml
+from evalchemy import atomic, taskyaml
 
 logger = logging.getLogger(__name__)
 
@@ -180,13 +180,9 @@ def builtin_index() -> TaskIndex:
     logger.info("indexing lm-eval %s task folders (once per lm-eval version)", version)
     index = scan_folder(tasks_dir)
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(
-            json.dumps({"stamp": stamp, "tasks": index.tasks, "groups": index.groups, "tags": index.tags}),
-            encoding="utf-8",
+        atomic.write_text(
+            cache_file, json.dumps({"stamp": stamp, "tasks": index.tasks, "groups": index.groups, "tags": index.tags})
         )
-        os.replace(tmp, cache_file)
     except OSError as err:
         logger.debug("could not cache the task index in %s: %s", cache_file, err)
     return index
