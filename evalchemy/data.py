@@ -5,8 +5,9 @@ of failing benchmark after benchmark after lm-eval has tried the hub."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from evalchemy import hfcache
 
 logger = logging.getLogger(__name__)
 
@@ -29,24 +30,6 @@ def _files(data_files) -> list[str]:
     if isinstance(data_files, dict):
         return [f for value in data_files.values() for f in _files(value)]
     return []
-
-
-def hf_datasets_cached(repo_id: str, name: str | None = None) -> bool:
-    """Whether ``datasets`` can load the hub dataset offline: its prepared copy in the datasets cache
-    (``<org>___<name>/<config>/``), which an online ``load_dataset`` leaves behind. The hub cache alone
-    (``hub/datasets--org--name``) is not enough: offline, ``load_dataset`` reads only the datasets cache."""
-    home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
-    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
-    folder_name = repo_id.replace("/", "___")
-    for folder in (datasets_cache / folder_name, datasets_cache / folder_name.lower()):
-        if not folder.is_dir():
-            continue
-        configs = [c.name for c in folder.iterdir() if c.is_dir()]
-        if name is None and configs:
-            return True
-        if any(c == name or c.startswith(f"{name}-") for c in configs):
-            return True
-    return False
 
 
 def check_plan_data(plan, index, home: Path, online: bool, config_path: Path | None = None) -> None:
@@ -134,7 +117,7 @@ def _problem(task: str, info: dict, home: Path, data_dir: Path | None = None) ->
     if (home / path).expanduser().exists():
         return None
     name = info.get("dataset_name") if isinstance(info.get("dataset_name"), str) else None
-    if hf_datasets_cached(path, name):
+    if hfcache.datasets_cached(path, name):
         return None
     if data_dir is not None:
         from evalchemy import localdata

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from evalchemy import hfcache
 from evalchemy.errors import PreflightError, UsageError
 
 logger = logging.getLogger(__name__)
 
 PREFLIGHT_TIMEOUT_S = 5.0
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = hfcache.TOKENIZER_FILES
 
 
 @dataclass(frozen=True)
@@ -150,12 +150,9 @@ def _is_tokenizer_dir(path: Path) -> bool:
 
 
 def hf_cache_has(repo_id: str) -> bool:
-    """True when a hub repo id is in the local Hugging Face cache (usable with HF_HUB_OFFLINE=1)."""
-    if "/" not in repo_id or repo_id.startswith(("/", ".")):
-        return False
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
-    folder = hub.expanduser() / ("models--" + repo_id.replace("/", "--"))
-    return folder.is_dir()
+    """True when the local Hugging Face hub cache holds the tokenizer of a hub repo id (usable with
+    HF_HUB_OFFLINE=1)."""
+    return hfcache.cached_tokenizer(repo_id) is not None
 
 
 def has_tokenizer_endpoints(endpoint: Endpoint, api_key: str | None = None) -> bool:
