@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evalchemy.process import die_with_parent, stop_process_group
+from evalchemy.proxy import PROXY_ENV
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
 from evalchemy.worker import RESULT_FD_ENV
 
@@ -136,9 +137,13 @@ class Worker:
                 pass
 
 
-def worker_env(gpu: str | None, log_level: str, api_key: str | None = None, online: bool = False) -> dict[str, str]:
-    """The worker's environment: offline (unless ``online``), its GPUs, and the API key where lm-eval reads it."""
-    env = {k: v for k, v in os.environ.items()}
+def worker_env(gpu: str | None, log_level: str, api_key: str | None = None, online: bool = False,
+               proxy: str | None = None) -> dict[str, str]:
+    """The worker's environment: offline (unless ``online``), its GPUs, the API key where lm-eval reads it, and the
+    route to the endpoint (``proxy``)."""
+    env = {k: v for k, v in os.environ.items() if k != PROXY_ENV}
+    if proxy:
+        env[PROXY_ENV] = proxy
     if online:
         for name in OFFLINE_ENV:
             if name.endswith("OFFLINE"):

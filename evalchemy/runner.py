@@ -24,6 +24,7 @@ from evalchemy.errors import (
 )
 from evalchemy.execute import RunOutcome, Worker, run_benchmark, worker_env
 from evalchemy.local_model import LOCAL_ENDPOINT, LocalServer
+from evalchemy.proxy import display as proxy_display
 from evalchemy.plan import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_LENGTH,
@@ -81,6 +82,7 @@ class RunOptions:
     max_failed_requests: int = 0
     online: bool = False  # let lm-eval download datasets and tokenizers from the hub
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
+    proxy: str | None = field(default=None, repr=False)  # every request to the endpoint goes through this HTTP proxy
 
     @property
     def run_dir(self) -> Path:
@@ -119,8 +121,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
     """Check the endpoint, pick the model and find a tokenizer offline. Raises PreflightError.
 
     ``local``: the embedded llama.cpp server, which takes one string prompt per request."""
-    ep = endpoint_mod.normalize(opts.endpoint)
-    logger.info("endpoint: %s", ep.display)
+    ep = replace(endpoint_mod.normalize(opts.endpoint), proxy=opts.proxy)
+    logger.info("endpoint: %s%s", ep.display, f" (through the proxy {proxy_display(opts.proxy)})" if opts.proxy else "")
     models = endpoint_mod.fetch_models(ep, api_key=api_key)
     model = endpoint_mod.choose_model(models, opts.model, ep)
     logger.info("model: %s", model["id"])
@@ -286,7 +288,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             kept = previous_successes(summary_path, config, pre, endpoint_id)
             cache = str(run_dir / ".request_cache" /
                         request_cache_key(replace(pre.model_settings, base_url=endpoint_id)))
-            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online), run_dir / ".worker.log",
+            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online, proxy=opts.proxy),
+                            run_dir / ".worker.log",
                             cwd=opts.home)
             to_run = plan.to_run
             for position, bench in enumerate(to_run, 1):

@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from evalchemy import proxy
+
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
 
 
@@ -148,6 +150,7 @@ def main() -> int:
     worker = Worker()
     stats = RequestStats()
     stats.install()
+    proxy.install_from_env()
     for line in sys.stdin:
         if not line.strip():
             continue
