@@ -399,6 +399,9 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if proxy_url is not None:
         from evalchemy.proxy import check
 
+        if local:
+            raise UsageError("--proxy is for a remote endpoint: the embedded model (--endpoint local) runs on this "
+                             "machine and is always reached directly; drop --proxy")
         try:
             proxy_url = check(proxy_url)
         except ValueError as err:

@@ -159,3 +159,12 @@ def test_proxy_flag_takes_an_http_proxy_url(invoke, write_config):
     assert result.exit_code == 2
     assert result.stderr == "error: --proxy 'proxy:1080': expected an HTTP proxy URL such as " \
                             "http://proxy.example:3128\n"
+
+
+def test_proxy_flag_is_refused_for_the_embedded_model(invoke, write_config):
+    """The embedded model is on this machine: --proxy with --endpoint local is a usage error (exit 2)."""
+    config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["arc_easy"]}}})
+    result = invoke("--endpoint", "local", "--config", str(config), "--proxy", "http://proxy:3128")
+    assert result.exit_code == 2
+    assert result.stderr == "error: --proxy is for a remote endpoint: the embedded model (--endpoint local) runs on " \
+                            "this machine and is always reached directly; drop --proxy\n"
