@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evalchemy.process import die_with_parent, stop_process_group
-from evalchemy.proxy import PROXY_ENV
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
+from evalchemy.proxy import PROXY_ENV
 from evalchemy.worker import RESULT_FD_ENV
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from evalchemy.errors import (
 )
 from evalchemy.execute import RunOutcome, Worker, run_benchmark, worker_env
 from evalchemy.local_model import LOCAL_ENDPOINT, LocalServer
-from evalchemy.proxy import display as proxy_display
 from evalchemy.plan import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_LENGTH,
@@ -38,6 +37,7 @@ from evalchemy.plan import (
     request_cache_key,
     shell_line,
 )
+from evalchemy.proxy import display as proxy_display
 from evalchemy.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
 
 logger = logging.getLogger(__name__)
