@@ -516,7 +516,7 @@ def test_shipped_config_from_connected_machine_to_closed_machine(server, write_c
 def test_hub_datasets_count_as_present_only_in_the_datasets_cache(tmp_path):
     """Offline, datasets loads a hub dataset only from its prepared copy (<org>___<name>/<config>); a download in
     the hub cache alone would fail in lm-eval, so the check does not accept it."""
-    from evalchemy.datasets.availability import hf_datasets_cached
+    from evalchemy.hfcache import datasets_cached as hf_datasets_cached
 
     home = Path(os.environ["HF_HOME"])
     (home / "hub" / "datasets--allenai--ai2_arc" / "snapshots" / "abc").mkdir(parents=True)

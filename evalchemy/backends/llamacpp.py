@@ -26,6 +26,7 @@ import urllib.request
 from importlib import util
 from pathlib import Path
 
+from evalchemy import proxy
 from evalchemy.errors import PreflightError
 from evalchemy.execution.process import die_with_parent, stop_process_group
 
@@ -57,7 +58,7 @@ TOKENIZER_DIR = CACHE_DIR / "tokenizer"
 
 
 # the server is on this machine: never through an http_proxy from the environment
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_opener = proxy.opener(None)
 
 
 def tokenizer_location() -> Path:

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from evalchemy import hfcache, proxy as proxy_mod
 from evalchemy.errors import PreflightError, UsageError
 
 logger = logging.getLogger(__name__)
 
 PREFLIGHT_TIMEOUT_S = 5.0
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = hfcache.TOKENIZER_FILES
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Endpoint:
     models_url: str
     server_base: str
     display: str
+    proxy: str | None = field(default=None, repr=False)  # the route: through this HTTP proxy, or direct (None)
 
     @property
     def display_models_url(self) -> str:
@@ -117,11 +118,11 @@ def normalize(url: str) -> Endpoint:
     )
 
 
-def _get_json(url: str, api_key: str | None, timeout: float) -> object:
+def _get_json(url: str, api_key: str | None, timeout: float, proxy: str | None = None) -> object:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if api_key:
         request.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only, checked above)
+    with proxy_mod.opener(proxy).open(request, timeout=timeout) as response:  # http(s) only, checked above
         return json.loads(response.read().decode("utf-8"))
 
 
@@ -129,7 +130,7 @@ def fetch_models(endpoint: Endpoint, api_key: str | None = None, timeout: float 
     """``GET /v1/models``; raises PreflightError with the URL and the reason."""
     where = endpoint.display_models_url
     try:
-        body = _get_json(endpoint.models_url, api_key, timeout)
+        body = _get_json(endpoint.models_url, api_key, timeout, endpoint.proxy)
     except urllib.error.HTTPError as err:
         hint = " (check OPENAI_API_KEY)" if err.code in (401, 403) else ""
         raise PreflightError(f"endpoint {where} answered HTTP {err.code} {err.reason}{hint}") from None
@@ -179,18 +180,15 @@ def _is_tokenizer_dir(path: Path) -> bool:
 
 
 def hf_cache_has(repo_id: str) -> bool:
-    """True when a hub repo id is in the local Hugging Face cache (usable with HF_HUB_OFFLINE=1)."""
-    if "/" not in repo_id or repo_id.startswith(("/", ".")):
-        return False
-    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub")
-    folder = hub.expanduser() / ("models--" + repo_id.replace("/", "--"))
-    return folder.is_dir()
+    """True when the local Hugging Face hub cache holds the tokenizer of a hub repo id (usable with
+    HF_HUB_OFFLINE=1)."""
+    return hfcache.cached_tokenizer(repo_id) is not None
 
 
 def has_tokenizer_endpoints(endpoint: Endpoint, api_key: str | None = None) -> bool:
     """vLLM serves /tokenizer_info only when started with --enable-tokenizer-info-endpoint."""
     try:
-        info = _get_json(f"{endpoint.server_base}/tokenizer_info", api_key, PREFLIGHT_TIMEOUT_S)
+        info = _get_json(f"{endpoint.server_base}/tokenizer_info", api_key, PREFLIGHT_TIMEOUT_S, endpoint.proxy)
     except (OSError, ValueError):
         return False
     return isinstance(info, dict)

@@ -346,6 +346,10 @@ class EvalchemyCommand(click.Command):
 @data_dir_option
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, metavar="NAME",
               help="Environment variable holding the endpoint's API key (sent as a Bearer token, never written).")
+@click.option("--proxy", "proxy_url", metavar="URL",
+              help="Send every request to the endpoint (the preflight and all of lm-eval's) through this HTTP proxy, "
+                   "e.g. http://proxy:3128. Default: straight to the endpoint; http_proxy, https_proxy and all_proxy "
+                   "are not used for it.")
 @click.option("--notify-url", metavar="URL",
               help="POST a JSON (run id, status, scores, summary path) here when the run ends; a failure to notify "
                    "is logged and does not change the exit code.")
@@ -368,7 +372,7 @@ class EvalchemyCommand(click.Command):
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
         request_timeout, include_paths, data_dir, api_key_env, notify_url, max_failed_requests, online, fresh, write_report, list_benchmarks,
-        validate_config, dry_run, log_level):
+        validate_config, dry_run, log_level, proxy_url=None):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -402,6 +406,16 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     local = endpoint == LOCAL_ENDPOINT
     # a malformed URL is a usage error, checked first
     endpoint_urls = normalize(endpoint) if endpoint and not local else None
+    if proxy_url is not None:
+        from evalchemy.proxy import check
+
+        if local:
+            raise UsageError("--proxy is for a remote endpoint: the embedded model (--endpoint local) runs on this "
+                             "machine and is always reached directly; drop --proxy")
+        try:
+            proxy_url = check(proxy_url)
+        except ValueError as err:
+            raise UsageError(f"--proxy {proxy_url.rsplit('@', 1)[-1]!r}: {err}") from None
     if local:
         if batch_size not in (None, 1):
             logger.warning("--endpoint local serves one prompt per request: --batch-size %d is ignored", batch_size)
@@ -448,6 +462,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         max_failed_requests=max_failed_requests,
         online=online,
         home=home(),
+        proxy=proxy_url,
     )
     from evalchemy.execution.lock import RunLock
 

@@ -5,36 +5,20 @@ of failing benchmark after benchmark after lm-eval has tried the hub."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
+
+from evalchemy import hfcache
 
 logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {"json", "csv", "parquet", "arrow", "text"}
 
 
-def _load_yaml(path: Path) -> dict:
-    """A task YAML, with lm-eval's ``!function`` and other tags read as plain values."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)  # noqa: S506 - SafeLoader subclass
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def task_dataset(task_file: Path, _depth: int = 0) -> dict:
+def task_dataset(task_file: Path) -> dict:
     """dataset_path, dataset_name, dataset_kwargs of a task YAML, following ``include:``."""
-    data = _load_yaml(task_file)
-    include = data.get("include")
-    if isinstance(include, str) and _depth < 5:
-        base = task_dataset(task_file.parent / include, _depth + 1)
-        data = {**base, **data}
+    from evalchemy.engines.lm_eval import taskyaml
+
+    data = taskyaml.read_config(task_file)
     return {k: data.get(k) for k in ("dataset_path", "dataset_name", "dataset_kwargs")}
 
 
@@ -46,24 +30,6 @@ def _files(data_files) -> list[str]:
     if isinstance(data_files, dict):
         return [f for value in data_files.values() for f in _files(value)]
     return []
-
-
-def hf_datasets_cached(repo_id: str, name: str | None = None) -> bool:
-    """Whether ``datasets`` can load the hub dataset offline: its prepared copy in the datasets cache
-    (``<org>___<name>/<config>/``), which an online ``load_dataset`` leaves behind. The hub cache alone
-    (``hub/datasets--org--name``) is not enough: offline, ``load_dataset`` reads only the datasets cache."""
-    home = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser()
-    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets").expanduser()
-    folder_name = repo_id.replace("/", "___")
-    for folder in (datasets_cache / folder_name, datasets_cache / folder_name.lower()):
-        if not folder.is_dir():
-            continue
-        configs = [c.name for c in folder.iterdir() if c.is_dir()]
-        if name is None and configs:
-            return True
-        if any(c == name or c.startswith(f"{name}-") for c in configs):
-            return True
-    return False
 
 
 def check_plan_data(plan, index, home: Path, online: bool, config_path: Path | None = None) -> None:
@@ -151,7 +117,7 @@ def _problem(task: str, info: dict, home: Path, data_dir: Path | None = None) ->
     if (home / path).expanduser().exists():
         return None
     name = info.get("dataset_name") if isinstance(info.get("dataset_name"), str) else None
-    if hf_datasets_cached(path, name):
+    if hfcache.datasets_cached(path, name):
         return None
     if data_dir is not None:
         from evalchemy.datasets import local as localdata

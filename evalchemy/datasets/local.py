@@ -22,12 +22,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from evalchemy import atomic
 from evalchemy.errors import PreflightError
 
 COLUMNS = ("question", "A", "B", "C", "D", "answer")
@@ -386,10 +386,7 @@ def _write_if_changed(target: Path, text: str) -> None:
     """Write ``text`` to ``target`` atomically, unless it already holds it (runs may share the cache)."""
     if target.is_file() and target.read_text(encoding="utf-8") == text:
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
+    atomic.write_text(target, text)
 
 
 # --- copies of lm-eval's hub datasets in the data folder ----------------------------------------------------------

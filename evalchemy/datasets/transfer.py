@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from evalchemy import __version__
+from evalchemy import __version__, atomic
 from evalchemy.datasets import local as localdata
 from evalchemy.config.model import Config, TaskEntry
 from evalchemy.errors import UsageError
@@ -197,11 +197,7 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
         "files": [{"path": rel, "bytes": files[rel].stat().st_size, "sha256": sha256_file(files[rel])}
                   for rel in sorted(files)],
     }
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
+    with atomic.replacing(output) as tmp:
         with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
             body = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
             info = tarfile.TarInfo(MANIFEST)
@@ -210,11 +206,6 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
             for rel in sorted(files):
                 tar.add(files[rel], arcname=DATA_PREFIX + rel, recursive=False,
                         filter=lambda i: _clean_info(i))
-        os.chmod(tmp, 0o644)
-        tmp.replace(output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     report.files = len(files)
     report.bytes = output.stat().st_size
     return report

@@ -16,6 +16,7 @@ from pathlib import Path
 from evalchemy.engines.lm_eval.accounting import COUNTERS_FD_ENV, Counters
 from evalchemy.execution.process import die_with_parent, stop_process_group
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
+from evalchemy.proxy import PROXY_ENV
 from evalchemy.engines.lm_eval.worker import RESULT_FD_ENV
 
 logger = logging.getLogger(__name__)
@@ -140,9 +141,13 @@ class Worker:
                 pass
 
 
-def worker_env(gpu: str | None, log_level: str, api_key: str | None = None, online: bool = False) -> dict[str, str]:
-    """The worker's environment: offline (unless ``online``), its GPUs, and the API key where lm-eval reads it."""
-    env = {k: v for k, v in os.environ.items()}
+def worker_env(gpu: str | None, log_level: str, api_key: str | None = None, online: bool = False,
+               proxy: str | None = None) -> dict[str, str]:
+    """The worker's environment: offline (unless ``online``), its GPUs, the API key where lm-eval reads it, and the
+    route to the endpoint (``proxy``)."""
+    env = {k: v for k, v in os.environ.items() if k != PROXY_ENV}
+    if proxy:
+        env[PROXY_ENV] = proxy
     if online:
         for name in OFFLINE_ENV:
             if name.endswith("OFFLINE"):

@@ -42,6 +42,7 @@ from evalchemy.plan import (
 )
 from evalchemy.results import stats as stats_mod
 from evalchemy.results.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
+from evalchemy.proxy import display as proxy_display
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class RunOptions:
     max_failed_requests: int = 0
     online: bool = False  # let lm-eval download datasets and tokenizers from the hub
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
+    proxy: str | None = field(default=None, repr=False)  # every request to the endpoint goes through this HTTP proxy
 
     @property
     def run_dir(self) -> Path:
@@ -126,8 +128,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
 
     ``local``: the embedded llama.cpp server, which takes one string prompt per request."""
     findings = PreflightFindings() if findings is None else findings
-    ep = endpoint_mod.normalize(opts.endpoint)
-    logger.info("endpoint: %s", ep.display)
+    ep = replace(endpoint_mod.normalize(opts.endpoint), proxy=opts.proxy)
+    logger.info("endpoint: %s%s", ep.display, f" (through the proxy {proxy_display(opts.proxy)})" if opts.proxy else "")
     models = findings.check(endpoint_mod.fetch_models, ep, api_key=api_key)
     model = None if models is None else findings.check(endpoint_mod.choose_model, models, opts.model, ep)
     if model is not None:
@@ -311,7 +313,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             kept = previous_successes(summary_path, config, pre, endpoint_id)
             cache = str(run_dir / ".request_cache" /
                         request_cache_key(replace(pre.model_settings, base_url=endpoint_id)))
-            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online), run_dir / ".worker.log",
+            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online, proxy=opts.proxy),
+                            run_dir / ".worker.log",
                             cwd=opts.home)
             to_run = plan.to_run
             for position, bench in enumerate(to_run, 1):

@@ -7,15 +7,14 @@ runs.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from evalchemy import atomic
 from evalchemy.results.stats import METHOD as STATS_METHOD
 
 SCHEMA_VERSION = 2  # 2: the stats layer; readers accept 1 (no stats)
@@ -25,23 +24,8 @@ REQUEST_COUNTS = ("sent", "failed_attempts", "empty_answers", "truncated_prompts
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, ensure_ascii=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Readers see the old or the new file, and the new one survives a crash (``atomic.write_json``)."""
+    atomic.write_json(path, data)
 
 
 def now_iso() -> str:

@@ -1,8 +1,8 @@
 """Index of lm-eval task names without importing lm-eval.
 
 lm-eval builds its own index by parsing ~14,000 YAML files (5.7 s). The control commands must answer in well under a
-second, and the worker only needs the folders of the tasks a run uses, so this module reads the task YAMLs with a
-line scanner (top-level keys only), caches the result per lm-eval version, and answers:
+second, and the worker only needs the folders of the tasks a run uses, so this module reads the task YAMLs once
+(``taskyaml``, libyaml's parser), caches the result per lm-eval version, and answers:
 
 - does a name exist (task, group or tag), and which names are close to it;
 - which folders define it (so the worker can build a ``TaskManager`` over just those);
@@ -15,17 +15,17 @@ import difflib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from importlib import metadata, util
 from pathlib import Path
 
+from evalchemy import atomic
+from evalchemy.engines.lm_eval import taskyaml
+
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 3
+INDEX_FORMAT = 4
 LOGLIKELIHOOD_TYPES = {"multiple_choice", "loglikelihood", "loglikelihood_rolling"}
-_KEY_LINE = re.compile(r"^[\"']?([A-Za-z_][A-Za-z0-9_]*)[\"']?:\s*(.*?)\s*$")
-_LIST_ITEM = re.compile(r"^\s*-\s*(?:task:\s*)?(.*?)\s*$")
 
 
 @dataclass
@@ -100,68 +100,41 @@ class TaskIndex:
             merged.extend(m for m in members if m not in merged)
 
 
-def _scan_file(path: Path, _depth: int = 0) -> dict:
-    """Top-level keys of one task YAML, following ``include:`` for the keys a file leaves out."""
-    keys: dict = {}
-    current_list: str | None = None
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return keys
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0] in " \t-":
-            if current_list is not None:
-                item = _LIST_ITEM.match(line)
-                if item and line.lstrip().startswith("-"):
-                    value = item.group(1).strip("'\"")
-                    if value and not value.endswith(":"):
-                        keys[current_list].append(value)
-            continue
-        match = _KEY_LINE.match(line)
-        current_list = None
-        if not match:
-            continue
-        key, value = match.group(1), match.group(2)
-        if key not in {"task", "group", "tag", "output_type", "include"}:
-            continue
-        if value == "":
-            keys[key] = []
-            current_list = key
-        elif value.startswith("[") and value.endswith("]"):
-            keys[key] = [v.strip().strip("'\"") for v in value[1:-1].split(",") if v.strip()]
+def _members(task) -> list[str]:
+    """The names a group's ``task:`` refers to; an inline sub-group (``- group: x`` with its own ``task:``) counts
+    as its members, since lm-eval cannot run it by its name."""
+    members: list[str] = []
+    for item in task if isinstance(task, list) else [task]:
+        if isinstance(item, dict):
+            names = _members(item.get("task")) if "group" in item else [item.get("task")]
         else:
-            keys[key] = value.split(" #")[0].strip().strip("'\"")
-    include = keys.get("include")
-    if isinstance(include, str) and _depth < 5 and "output_type" not in keys:
-        parent = _scan_file(path.parent / include, _depth + 1)
-        if "output_type" in parent:
-            keys["output_type"] = parent["output_type"]
-        if "tag" not in keys and "tag" in parent:
-            keys["tag"] = parent["tag"]
-    return keys
+            names = [item]
+        members.extend(n for n in names if isinstance(n, str) and n and n not in members)
+    return members
 
 
 def scan_folder(folder: Path) -> TaskIndex:
     """Index every ``*.yaml`` below ``folder`` (recursively, as lm-eval's include path does)."""
     index = TaskIndex()
+    parsed: dict[str, dict] = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for filename in sorted(filenames):
             if not filename.endswith(".yaml"):
                 continue
-            keys = _scan_file(Path(dirpath) / filename)
+            keys = taskyaml.read_config(os.path.join(dirpath, filename), parsed)
             task, group = keys.get("task"), keys.get("group")
-            if isinstance(group, str) and group:
-                members = task if isinstance(task, list) else ([task] if isinstance(task, str) else [])
-                index.groups[group] = {"dir": dirpath, "members": members}
+            if "class" not in keys and isinstance(group, str) and group:
+                index.groups[group] = {"dir": dirpath, "members": _members(task)}
                 continue
             if isinstance(task, str) and task:
+                output_type = keys.get("output_type")
                 index.tasks[task] = {"dir": dirpath, "file": filename,
-                                     "output_type": keys.get("output_type", "generate_until")}
-                tags = keys.get("tag", [])
+                                     "output_type": output_type if isinstance(output_type, str) else "generate_until"}
+                tags = keys.get("tag") or []
                 for tag in [tags] if isinstance(tags, str) else tags:
+                    if not isinstance(tag, str):
+                        continue
                     members = index.tags.setdefault(tag, [])
                     if task not in members:
                         members.append(task)
@@ -208,13 +181,9 @@ def builtin_index() -> TaskIndex:
     logger.info("indexing lm-eval %s task folders (once per lm-eval version)", version)
     index = scan_folder(tasks_dir)
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(
-            json.dumps({"stamp": stamp, "tasks": index.tasks, "groups": index.groups, "tags": index.tags}),
-            encoding="utf-8",
+        atomic.write_text(
+            cache_file, json.dumps({"stamp": stamp, "tasks": index.tasks, "groups": index.groups, "tags": index.tags})
         )
-        os.replace(tmp, cache_file)
     except OSError as err:
         logger.debug("could not cache the task index in %s: %s", cache_file, err)
     return index

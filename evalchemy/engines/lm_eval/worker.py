@@ -23,7 +23,7 @@ import time
 import traceback
 from pathlib import Path
 
-from evalchemy import redaction
+from evalchemy import proxy, redaction
 from evalchemy.results.stats import sample_stats
 from evalchemy.engines.lm_eval import failures
 from evalchemy.engines.lm_eval.accounting import RequestStats, no_progress_bars
@@ -115,6 +115,7 @@ def main() -> int:
     stats = RequestStats.from_env()
     stats.install()
     failures.install()
+    proxy.install_from_env()
     for line in sys.stdin:
         if not line.strip():
             continue
