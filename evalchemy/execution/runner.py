@@ -82,6 +82,7 @@ class RunOptions:
     max_failed_requests: int = 0
     online: bool = False  # let lm-eval download datasets and tokenizers from the hub
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
+    store: str | None = None  # the results store's URL; the run records itself there at its end
 
     @property
     def run_dir(self) -> Path:
@@ -377,6 +378,10 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         error=preflight_error or (str(interrupted) if interrupted else None),
     )
     write_json_atomic(summary_path, summary)
+    if opts.store:
+        from evalchemy.store.record import record_run_end
+
+        summary = record_run_end(opts.store, summary_path, summary)
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
     return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)
 

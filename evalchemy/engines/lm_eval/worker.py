@@ -113,8 +113,12 @@ class Worker:
         from lm_eval.loggers import EvaluationTracker
         from lm_eval.utils import handle_non_serializable
 
+        from evalchemy.results.scorefile import write_score_files
+
         started = time.monotonic()
         kwargs = dict(job["kwargs"])
+        wanted_samples = kwargs.get("log_samples")
+        kwargs["log_samples"] = True  # the per-question score file needs them; lm-eval's files only when asked
         tracker = EvaluationTracker(output_path=job["output_path"])
         results = lm_eval.simple_evaluate(
             **kwargs,
@@ -123,8 +127,10 @@ class Worker:
         )
         if results is None:
             raise RuntimeError("lm-eval returned no results")
-        samples = results.pop("samples", None) if kwargs.get("log_samples") else None
-        results.pop("samples", None)
+        samples = results.pop("samples", None)
+        score_files = write_score_files(job["scores_dir"], samples, list(results.get("configs") or {})) \
+            if samples and job.get("scores_dir") else []
+        samples = samples if wanted_samples else None
         config = results.get("config") or {}
         if isinstance(config.get("model_args"), dict):
             config["model_args"] = {**config["model_args"], "base_url": job["credentials_free_base_url"]}
@@ -139,7 +145,8 @@ class Worker:
                 if task_name in samples:
                     tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
         files = sorted(str(p) for p in set(Path(job["output_path"]).rglob("*")) - before if p.is_file())
-        return {"results": results, "files": files, "duration_s": time.monotonic() - started}
+        return {"results": results, "files": files, "score_files": score_files,
+                "duration_s": time.monotonic() - started}
 
 
 def main() -> int:
