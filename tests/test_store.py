@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tests.conftest import PROJECT
 SUBJECTS = {"insurance": ("보험학", 12), "finance": ("금융", 8)}
 K_BROKEN = 9  # run B: insurance questions right in A and wrong in B
 K_NOISE = 2  # run C: the same, two questions only
+STORE_PASSWORD = "pw-SECRET-5150"
 
 
 def _choices(subject: str, i: int) -> list[str]:
@@ -66,7 +68,11 @@ def _config() -> dict:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("store-assets")
+    return write_assets(tmp_path_factory.mktemp("store-assets"))
+
+
+def write_assets(folder: Path) -> dict:
+    """The two-subject task, its data, its config and a tokenizer covering them, under ``folder``."""
     texts = ["Question :", "Answer :"]
     for subject, (label, count) in SUBJECTS.items():
         rows = [{"question": f"{label} question {i}", "choices": _choices(subject, i), "answer": _answer(i)}
@@ -114,7 +120,7 @@ def runs(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("store-runs") / "results"
     done = {"out": out}
     done["a"] = _run(assets, out, "night-a", "model-x", RUN_A)
-    closed = f"postgresql://evalchemy@127.0.0.1:{_free_port()}/nowhere"
+    closed = f"postgresql://evalchemy:{STORE_PASSWORD}@127.0.0.1:{_free_port()}/nowhere"
     done["b"] = _run(assets, out, "night-b", "model-x", RUN_B, "--store", closed)
     done["c"] = _run(assets, out, "night-c", "model-y", RUN_C)
     done["failed"] = run_cli("--endpoint", f"http://127.0.0.1:{_free_port()}/v1", "--config", str(assets["config"]),
@@ -208,10 +214,13 @@ def test_unreachable_store_is_a_warning_in_the_summary_and_errors_log(runs):
     assert summary["status"] == "success" and summary["exit_code"] == 0
     assert summary["store"]["status"] == "failed"
     port = runs["closed_url"].split(":")[-1].split("/")[0]
-    assert summary["store"]["reason"].startswith(f"store postgresql+psycopg://evalchemy@127.0.0.1:{port}/nowhere "
+    assert summary["store"]["reason"].startswith(f"store postgresql+psycopg://evalchemy:***@127.0.0.1:{port}/nowhere "
                                                  "cannot be reached: ")
     errors = (run_dir / "evalchemy_errors_night-b.log").read_text(encoding="utf-8")
     assert f"record it later with `evalchemy store import {run_dir}`" in errors
+    for path in [p for p in run_dir.rglob("*") if p.is_file()]:
+        assert STORE_PASSWORD.encode() not in path.read_bytes(), path
+    assert STORE_PASSWORD not in runs["b"].stdout + runs["b"].stderr
     with sa.create_engine(f"sqlite:///{runs['out'] / 'evalchemy.db'}").connect() as connection:
         recorded = sorted(connection.execute(sa.select(schema.runs.c.run_id, schema.runs.c.status)).all())
     assert recorded == [("night-a", "success"), ("night-c", "success"), ("night-failed", "failed")]
@@ -380,3 +389,51 @@ def test_upgrade_from_the_first_revision_keeps_every_row(runs, store_url, tmp_pa
     engine.dispose()
     assert _counts(store_url) == before == {"runs": 4, "benchmarks": 4, "scores": 6, "subjects": 6, "samples": 60}
     assert {"ix_runs_model_finished", "ix_runs_finished"} <= indexes
+
+
+def test_readers_work_while_a_run_writes(runs, tmp_path):
+    """SQLite in WAL mode: while a writer holds an open transaction, `leaderboard` reads the committed rows."""
+    url = str(tmp_path / "store.db")
+    _import(runs, url)
+    engine = db.open_engine(db.resolve_url(url, tmp_path))
+    with engine.begin() as connection:
+        assert connection.execute(sa.text("PRAGMA journal_mode")).scalar_one() == "wal"
+        connection.execute(sa.update(schema.benchmarks).values(value=0.0))  # not committed yet
+        done = cli("leaderboard", "--json", "--store", url)
+        assert done.returncode == 0, done.stderr
+        assert [r["value"] for r in json.loads(done.stdout)["rows"]] == [17 / 20, 11 / 20]
+        connection.rollback()
+    engine.dispose()
+
+
+def test_store_commands_document_every_flag_and_answer_on_both_entry_points():
+    """Each store command and option has help text; `.venv/bin/evalchemy compare --help` works as well as
+    ./run_evalchemy.sh, and the run command's flags are untouched by the subcommands."""
+    import click
+
+    from evalchemy.cli import store_commands
+
+    commands = [store_commands.compare, store_commands.leaderboard, store_commands.history,
+                store_commands.import_, store_commands.upgrade]
+    for command in commands:
+        assert command.help, command.name
+        assert [p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.help] == []
+    import tomllib
+
+    # what pip's .venv/bin/evalchemy runs: the [project.scripts] target
+    target = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["scripts"]["evalchemy"]
+    module, function = target.split(":")
+    done = subprocess.run([sys.executable, "-c", f"from {module} import {function}; {function}()", "compare",
+                           "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: run_evalchemy.sh compare [OPTIONS] RUN_A RUN_B")
+    assert "--fail-on-regression POINTS" in done.stdout
+    assert cli("--endpoint", "ftp://x", "--run-id", "r").returncode == 2  # still the run command
+
+
+def test_scrub_removes_credentials_from_configs():
+    """A config stored with a run loses every key that looks like a credential, at any depth."""
+    assert record.scrub({"api_key": "k", "tasks": {"a": {"headers": {"x": 1}, "label": "보험학"}},
+                         "list": [{"password": "p", "hf_token": "t", "tokenizer": "tok"}]}) == {
+        "api_key": "(removed)", "tasks": {"a": {"headers": "(removed)", "label": "보험학"}},
+        "list": [{"password": "(removed)", "hf_token": "(removed)", "tokenizer": "tok"}]}

@@ -143,7 +143,7 @@ def _row(benchmark: str, subject: str | None, metric: str | None, value_a, value
          samples_a: list[dict], samples_b: list[dict], higher: bool, n: int | None,
          flips: list[Flip]) -> Row:
     row = Row(benchmark=benchmark, subject=subject, metric=metric, a=value_a, b=value_b,
-              delta=None if value_a is None or value_b is None else value_b - value_a, n=n, method=None,
+              delta=None if value_a is None or value_b is None else round(value_b - value_a, 12), n=n, method=None,
               p_value=None, higher_is_better=higher)
     if row.delta is None:
         row.note = "no score in " + ("both runs" if value_a is None and value_b is None

@@ -96,8 +96,12 @@ def _data_sha256(config: dict, run_entry: dict | None) -> str | None:
 
 
 def task_config_sha256(config: dict) -> str:
-    """The task's lm-eval config, less where its data lies on this machine (``data_sha256`` says what it holds)."""
-    return _sha256_json({k: v for k, v in config.items() if k != "dataset_kwargs"})
+    """The task's lm-eval config, less where its data and YAML lie on this machine (``data_sha256`` says what the
+    data holds)."""
+    kept = {k: v for k, v in config.items() if k != "dataset_kwargs"}
+    if isinstance(kept.get("metadata"), dict):
+        kept["metadata"] = {k: v for k, v in kept["metadata"].items() if k != "config_source"}
+    return _sha256_json(kept)
 
 
 def _leaves(task: str, groups: dict) -> list[str]:
