@@ -328,6 +328,11 @@ def test_leaderboard_and_history(runs, store_url):
     assert csv_out[0] == "model,benchmark,subject,metric,value,stderr,n,run_id,finished_at"
     assert [line.split(",")[:3] + [line.split(",")[7]] for line in csv_out[1:]] == [
         ["model-y", "domain", "", "night-c"], ["model-x", "domain", "", "night-b"]]
+    assert json.loads(cli("leaderboard", "--since", "2999-01-01", "--json", "--store", store_url).stdout) == \
+        {"rows": []}
+    every = json.loads(cli("leaderboard", "--all-runs", "--json", "--store", store_url).stdout)["rows"]
+    assert [(r["run_id"], r["value"]) for r in every] == [("night-a", 19 / 20), ("night-c", 17 / 20),
+                                                           ("night-b", 11 / 20)]
     history = json.loads(cli("history", "--model", "model-x", "--json", "--store", store_url).stdout)
     assert sorted((r["run_id"], r["status"], r["benchmark_status"], r["value"]) for r in history["rows"]) == [
         ("night-a", "success", "success", 19 / 20), ("night-b", "success", "success", 11 / 20),
@@ -437,3 +442,32 @@ def test_scrub_removes_credentials_from_configs():
                          "list": [{"password": "p", "hf_token": "t", "tokenizer": "tok"}]}) == {
         "api_key": "(removed)", "tasks": {"a": {"headers": "(removed)", "label": "보험학"}},
         "list": [{"password": "(removed)", "hf_token": "(removed)", "tokenizer": "tok"}]}
+
+
+def test_without_per_question_scores_the_test_is_unpaired_and_respects_lower_is_better(runs, tmp_path):
+    """Run B's questions removed: a z test from the stderrs (lm-eval's sqrt(p(1-p)/(n-1))), computed here; with
+    higher_is_better false the 보험학 drop is an improvement, not a regression."""
+    url = str(tmp_path / "store.db")
+    _import(runs, url)
+    engine = db.open_engine(db.resolve_url(url, tmp_path))
+    with engine.begin() as connection:
+        connection.execute(sa.delete(schema.samples).where(schema.samples.c.run_id == "night-b"))
+    result = json.loads(cli("compare", "night-a", "night-b", "--json", "--store", url).stdout)
+    row = result["rows"][2]
+    spread = math.sqrt(0.0 + 0.25 * 0.75 / 11)  # A: 12/12 right (stderr 0); B: 3/12
+    assert (row["subject"], row["method"], row["fixed"], row["broken"]) == ("보험학", "unpaired", None, None)
+    assert row["p_value"] == pytest.approx(math.erfc(0.75 / spread / math.sqrt(2)), rel=1e-9)
+    assert (row["beyond_noise"], row["regression"]) == (True, True)
+    with engine.begin() as connection:
+        connection.execute(sa.update(schema.scores).values(higher_is_better=False))
+    engine.dispose()
+    done = cli("compare", "night-a", "night-b", "--json", "--store", url, "--fail-on-regression", "0")
+    assert done.returncode == 0
+    row = json.loads(done.stdout)["rows"][2]
+    assert (row["higher_is_better"], row["beyond_noise"], row["regression"]) == (False, True, False)
+
+
+def test_json_safe_turns_nan_into_null():
+    """PostgreSQL's JSON refuses NaN: summaries and per-question metrics are stored with null instead."""
+    assert record.json_safe({"a": [float("nan"), 1.0, float("inf")], "b": {"c": 2}}) == {"a": [None, 1.0, None],
+                                                                                       "b": {"c": 2}}

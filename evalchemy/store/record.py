@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,17 @@ def scrub(value):
         return {k: "(removed)" if SECRET_KEY.search(str(k)) else scrub(v) for k, v in value.items()}
     if isinstance(value, list):
         return [scrub(v) for v in value]
+    return value
+
+
+def json_safe(value):
+    """NaN and infinities become null: PostgreSQL's JSON refuses them."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -200,7 +212,7 @@ def build_rows(run_dir: Path, summary: dict) -> RunRows:
                     "doc_hash": item.get("doc_hash"), "prompt_hash": item.get("prompt_hash"),
                     "subject": labels.get(task, task), "target": item.get("target"),
                     "prediction": item.get("prediction"), "correct": values.get(primary_labels[task]),
-                    "metrics": values})
+                    "metrics": json_safe(values)})
     endpoint = summary.get("endpoint")
     rows.run = {
         "run_id": run_id, "status": summary.get("status"), "exit_code": summary.get("exit_code"),
@@ -210,7 +222,8 @@ def build_rows(run_dir: Path, summary: dict) -> RunRows:
         "backend": "llamacpp" if endpoint == LOCAL_ENDPOINT else "openai-completions",
         "config_path": (summary.get("config") or {}).get("path"),
         "config_sha256": (summary.get("config") or {}).get("sha256"), "config": _config_content(summary),
-        "versions": versions, "seed": seed, "summary": summary, "run_dir": str(run_dir.resolve()),
+        "versions": versions, "seed": json_safe(seed), "summary": json_safe(summary),
+        "run_dir": str(run_dir.resolve()),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return rows
@@ -231,12 +244,18 @@ def write_rows(engine: sa.Engine, rows: RunRows) -> None:
 
 
 def open_for_writing(url: str) -> sa.Engine:
+    """An engine on the store with its schema at the head revision. Two runs that create the same new store at
+    once race on the first revision: the loser tries again once the winner has committed."""
     engine = db.open_engine(url)
-    try:
-        db.upgrade(engine)
-    except sa.exc.SQLAlchemyError as err:
-        engine.dispose()
-        raise db.unreachable(url, err) from None
+    for attempt in (1, 2):
+        try:
+            db.upgrade(engine)
+            return engine
+        except sa.exc.SQLAlchemyError as err:
+            if attempt == 2:
+                engine.dispose()
+                raise db.unreachable(url, err) from None
+            time.sleep(1.0)
     return engine
 
 
