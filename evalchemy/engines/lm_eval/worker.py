@@ -6,9 +6,12 @@ one lm-eval invocation each. For each job it sends its output (stdout, stderr, l
 saves lm-eval's output files as ``lm_eval run --output_path`` does, and answers one JSON line on the result pipe
 (file descriptor named by ``EVALCHEMY_RESULT_FD``), which nothing else writes to.
 
-Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url"}
-Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "duration_s": float,
-         "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"}}
+Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url", "scores_dir"}
+Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "score_files": [str],
+         "duration_s": float, "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"}}
+
+Every job writes one compact score file per task into ``scores_dir`` (``evalchemy.results.scorefile``): lm-eval
+is always asked for its samples, and its own samples files are saved only when the job's kwargs asked for them.
 """
 
 from __future__ import annotations
