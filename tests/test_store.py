@@ -471,3 +471,24 @@ def test_json_safe_turns_nan_into_null():
     """PostgreSQL's JSON refuses NaN: summaries and per-question metrics are stored with null instead."""
     assert record.json_safe({"a": [float("nan"), 1.0, float("inf")], "b": {"c": 2}}) == {"a": [None, 1.0, None],
                                                                                        "b": {"c": 2}}
+
+
+def test_a_run_records_itself_in_the_postgresql_store_named_by_the_environment(assets, postgres, tmp_path):
+    """EVALCHEMY_STORE=postgresql://…: the run writes its record there (runs, scores, every question), not to
+    results/evalchemy.db: several machines can share one history."""
+    name = "shared_history"
+    engine = sa.create_engine(db.resolve_url(postgres + "/postgres", tmp_path), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    url = f"{postgres}/{name}"
+    with TestServer(assets["tokenizer"], "model-pg", answers={"favoured": _favoured({})}) as srv:
+        done = run_cli("--endpoint", srv.base_url + "/v1", "--config", str(assets["config"]), "--output",
+                       str(tmp_path / "out"), "--run-id", "box-1", "--include-path", str(assets["tasks"]),
+                       env={"EVALCHEMY_STORE": url})
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "out" / "evalchemy.db").exists()
+    assert _counts(url) == {"runs": 1, "benchmarks": 1, "scores": 2, "subjects": 2, "samples": 20}
+    board = json.loads(cli("leaderboard", "--by", "subject", "--json", env={"EVALCHEMY_STORE": url}).stdout)
+    assert [(r["model"], r["subject"], r["value"], r["run_id"]) for r in board["rows"]] == [
+        ("model-pg", "금융", 1.0, "box-1"), ("model-pg", "보험학", 1.0, "box-1")]
