@@ -492,3 +492,17 @@ def test_a_run_records_itself_in_the_postgresql_store_named_by_the_environment(a
     board = json.loads(cli("leaderboard", "--by", "subject", "--json", env={"EVALCHEMY_STORE": url}).stdout)
     assert [(r["model"], r["subject"], r["value"], r["run_id"]) for r in board["rows"]] == [
         ("model-pg", "금융", 1.0, "box-1"), ("model-pg", "보험학", 1.0, "box-1")]
+
+
+def test_a_store_url_nothing_can_open_is_refused_before_the_run(invoke, assets, tmp_path):
+    """--store with an unknown database kind is a usage error (exit 2) before anything runs; its password is
+    not echoed."""
+    result = invoke("--endpoint", "http://127.0.0.1:9/v1", "--store", "mysql2://u:pw-SECRET@h/db", "--output",
+                    str(tmp_path / "o"), "--run-id", "r", "--config", str(assets["config"]), "--include-path",
+                    str(assets["tasks"]))
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] + "\n" == ("error: --store mysql2://u:***@h/db: not a store URL this evalchemy can open (Can't load "
+                             "plugin: sqlalchemy.dialects:mysql2); use a file path, sqlite:///FILE or "
+                             "postgresql://USER@HOST:PORT/DB\n")
+    assert "pw-SECRET" not in result.stderr
+    assert not (tmp_path / "o").exists()

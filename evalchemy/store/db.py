@@ -28,7 +28,12 @@ def resolve_url(value: str | None, output_dir: Path) -> str:
         return f"sqlite:///{Path(chosen).expanduser().resolve()}"
     for prefix in ("postgresql://", "postgres://"):
         if chosen.startswith(prefix):
-            return "postgresql+psycopg://" + chosen[len(prefix):]
+            chosen = "postgresql+psycopg://" + chosen[len(prefix):]
+    try:
+        make_url(chosen).get_dialect()
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as err:
+        raise StoreError(f"--store {display(chosen)}: not a store URL this evalchemy can open ({err}); use a file "
+                         "path, sqlite:///FILE or postgresql://USER@HOST:PORT/DB") from None
     return chosen
 
 
