@@ -252,7 +252,8 @@ def open_for_writing(url: str) -> sa.Engine:
             db.upgrade(engine)
             return engine
         except sa.exc.SQLAlchemyError as err:
-            if attempt == 2:
+            racing = isinstance(err, sa.exc.IntegrityError) or "already exists" in str(err)
+            if attempt == 2 or not racing:
                 engine.dispose()
                 raise db.unreachable(url, err) from None
             time.sleep(1.0)
