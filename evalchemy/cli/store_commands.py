@@ -170,7 +170,7 @@ Exit codes:
               help="Exit with code 6 when a benchmark or subject got worse by more than POINTS (accuracy points: "
                    "100 x the metric) and the change is beyond noise at --alpha.")
 @click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05,
-              show_default=True, help="Significance level, after Holm's correction over every row.")
+              show_default=True, metavar="P", help="Significance level, after Holm's correction over every row.")
 @store_options
 def compare(run_a, run_b, as_json, markdown, show_flips, fail_on_regression, alpha, store, output_dir):
     """Compare RUN_A with RUN_B (each a run id, or STORE-URL#RUN-ID) per benchmark and per subject label: both
