@@ -8,6 +8,7 @@ EXIT_USAGE = 2
 EXIT_PREFLIGHT = 3
 EXIT_BENCHMARKS_FAILED = 4
 EXIT_LOCKED = 5
+EXIT_REGRESSION = 6  # compare --fail-on-regression: a score dropped beyond noise and the threshold
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
@@ -69,6 +70,12 @@ class LockHeldError(EvalchemyError):
     """Another run holds the lock on the output folder."""
 
     exit_code = EXIT_LOCKED
+
+
+class StoreError(EvalchemyError):
+    """The results store cannot be opened or read, or lacks what was asked (a run id, a model)."""
+
+    exit_code = EXIT_USAGE
 
 
 class Interrupted(EvalchemyError):

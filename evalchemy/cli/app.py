@@ -32,6 +32,7 @@ Exit codes:
   3    preflight failed: endpoint, model, tokenizer or data unusable; nothing was run
   4    the run finished but at least one benchmark failed or timed out
   5    another run holds the lock on the output folder
+  6    compare --fail-on-regression: a score dropped by more than the threshold, beyond noise
   130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM
 """
 
@@ -353,6 +354,9 @@ class EvalchemyCommand(click.Command):
 @click.option("--notify-url", metavar="URL",
               help="POST a JSON (run id, status, scores, summary path) here when the run ends; a failure to notify "
                    "is logged and does not change the exit code.")
+@click.option("--store", metavar="URL",
+              help="Results store the run records itself in at its end: a SQLite file or sqlite:///FILE, or "
+                   "postgresql://USER@HOST:PORT/DB. Default: $EVALCHEMY_STORE, else evalchemy.db in --output.")
 @click.option("--max-failed-requests", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="A benchmark with more requests than this that got an empty answer is failed.")
 @click.option("--online", is_flag=True,
@@ -371,12 +375,13 @@ class EvalchemyCommand(click.Command):
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
-        request_timeout, include_paths, data_dir, api_key_env, notify_url, max_failed_requests, online, fresh, write_report, list_benchmarks,
+        request_timeout, include_paths, data_dir, api_key_env, notify_url, store, max_failed_requests, online, fresh, write_report, list_benchmarks,
         validate_config, dry_run, log_level, proxy_url=None):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
-    evalchemy_summary_RUN_ID.json, whose path is the only thing printed on stdout.
+    evalchemy_summary_RUN_ID.json, whose path is the only thing printed on stdout, and records the run in the
+    results store. Other commands: compare, leaderboard, history, store (each with --help).
     """
     from evalchemy import plan as plan_mod
     from evalchemy.execution import runner
@@ -451,6 +456,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if not endpoint:
         raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
                          "--endpoint http://gpu-box:8000/v1/completions")
+    from evalchemy.store.db import resolve_url
+
     opts = runner.RunOptions(
         endpoint=endpoint, run_id=run_id, output_dir=output.resolve(), model=model,
         tokenizer=str(Path(tokenizer).expanduser().resolve()) if tokenizer and Path(tokenizer).expanduser().exists()
@@ -463,6 +470,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         online=online,
         home=home(),
         proxy=proxy_url,
+        store=resolve_url(store, output),
     )
     from evalchemy.execution.lock import RunLock
 
@@ -500,10 +508,12 @@ def commands():
 
 
 def main(argv: list[str] | None = None) -> None:
-    from evalchemy.cli import report_commands
+    from evalchemy.cli import report_commands, store_commands
 
     args = list(sys.argv[1:] if argv is None else argv)
     report_commands.register(commands)
+    for name, command in store_commands.group.commands.items():
+        commands.add_command(command, name)
     if args and args[0] in commands.commands:  # a subcommand; runs start with flags
         commands.main(args=args, prog_name="run_evalchemy.sh")
         return

@@ -18,6 +18,7 @@ from evalchemy.execution.process import die_with_parent, stop_process_group
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
 from evalchemy.proxy import PROXY_ENV
 from evalchemy.engines.lm_eval.worker import RESULT_FD_ENV
+from evalchemy.results.scorefile import scores_dir
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, 
         "kwargs": simple_evaluate_kwargs(run, model, use_cache),
         "task_folders": list(run.task_folders),
         "credentials_free_base_url": public_base_url,
+        "scores_dir": str(scores_dir(run_dir, run.benchmark)),
     }
     started = time.monotonic()
     try:

@@ -87,6 +87,7 @@ class RunOptions:
     online: bool = False  # let lm-eval download datasets and tokenizers from the hub
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
     proxy: str | None = field(default=None, repr=False)  # every request to the endpoint goes through this HTTP proxy
+    store: str | None = None  # the results store's URL; the run records itself there at its end
 
     @property
     def run_dir(self) -> Path:
@@ -410,6 +411,10 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     )
     summary = redaction.scrub_data(summary)
     write_json_atomic(summary_path, summary)
+    if opts.store:
+        from evalchemy.store.record import record_run_end
+
+        summary = record_run_end(opts.store, summary_path, summary)
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
     return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)
 

@@ -7,10 +7,13 @@ saves lm-eval's output files as ``lm_eval run --output_path`` does, and answers 
 (file descriptor named by ``EVALCHEMY_RESULT_FD``), which nothing else writes to. Its request counts also go, as
 they change, to the runner's counters file (evalchemy/accounting.py), which outlives a killed worker.
 
-Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url"}
-Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "duration_s": float,
-         "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"},
+Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url", "scores_dir"}
+Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "score_files": [str],
+         "duration_s": float, "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"},
          "stats": {task: {filter: counts}} (evalchemy.results.stats.sample_stats)}
+
+Every job writes one compact score file per task into ``scores_dir`` (``evalchemy.results.scorefile``): lm-eval
+is always asked for its samples, and its own samples files are saved only when the job's kwargs asked for them.
 """
 
 from __future__ import annotations
@@ -67,11 +70,15 @@ class Worker:
         from lm_eval.loggers import EvaluationTracker
         from lm_eval.utils import handle_non_serializable
 
+        from evalchemy.results.scorefile import write_score_files
+
         started = time.monotonic()
         kwargs = dict(job["kwargs"])
+        wanted_samples = kwargs.get("log_samples")
+        kwargs["log_samples"] = True  # score files and the stats layer need them; lm-eval's files only when asked
         tracker = EvaluationTracker(output_path=job["output_path"])
         results = lm_eval.simple_evaluate(
-            **{**kwargs, "log_samples": True},  # the stats layer needs the samples; files only when asked
+            **kwargs,
             task_manager=self.task_manager(tuple(job["task_folders"])),
             evaluation_tracker=tracker,
         )
@@ -85,7 +92,9 @@ class Worker:
                                                 "summary keeps accuracy, n and the interval only",
                                                 type(err).__name__, err)
             stats = {}
-        samples = samples if kwargs.get("log_samples") else None
+        score_files = write_score_files(job["scores_dir"], samples, list(results.get("configs") or {})) \
+            if samples and job.get("scores_dir") else []
+        samples = samples if wanted_samples else None
         config = results.get("config") or {}
         if isinstance(config.get("model_args"), dict):
             config["model_args"] = {**config["model_args"], "base_url": job["credentials_free_base_url"]}
@@ -100,7 +109,8 @@ class Worker:
                 if task_name in samples:
                     tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
         files = sorted(str(p) for p in set(Path(job["output_path"]).rglob("*")) - before if p.is_file())
-        return {"results": results, "files": files, "duration_s": time.monotonic() - started, "stats": stats}
+        return {"results": results, "files": files, "score_files": score_files,
+                "duration_s": time.monotonic() - started, "stats": stats}
 
 
 def main() -> int:
