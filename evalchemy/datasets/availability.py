@@ -8,18 +8,10 @@ import logging
 from pathlib import Path
 
 from evalchemy import hfcache
+from evalchemy.engines.lm_eval.taskyaml import FILE_BUILDERS, task_dataset
 
 logger = logging.getLogger(__name__)
 
-FILE_BUILDERS = {"json", "csv", "parquet", "arrow", "text"}
-
-
-def task_dataset(task_file: Path) -> dict:
-    """dataset_path, dataset_name, dataset_kwargs of a task YAML, following ``include:``."""
-    from evalchemy.engines.lm_eval import taskyaml
-
-    data = taskyaml.read_config(task_file)
-    return {k: data.get(k) for k in ("dataset_path", "dataset_name", "dataset_kwargs")}
 
 
 def _files(data_files) -> list[str]:

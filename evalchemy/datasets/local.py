@@ -405,7 +405,7 @@ def hub_copy_dir(data_dir: Path, dataset_path: str, dataset_name: str | None) ->
 
 def is_hub_id(dataset_path: object, home: Path) -> bool:
     """Whether a task's ``dataset_path`` names a hub dataset (not a file builder, not a folder on this machine)."""
-    from evalchemy.datasets.availability import FILE_BUILDERS
+    from evalchemy.engines.lm_eval.taskyaml import FILE_BUILDERS
 
     return isinstance(dataset_path, str) and bool(dataset_path) and dataset_path not in FILE_BUILDERS and \
         not (home / dataset_path).expanduser().exists() and not Path(dataset_path).is_absolute()
@@ -421,7 +421,7 @@ class HubTask(NamedTuple):
 
 def hub_tasks(names, index, home: Path) -> list[HubTask]:
     """The concrete lm-eval tasks behind ``names`` whose task file loads a hub dataset."""
-    from evalchemy.datasets.availability import task_dataset
+    from evalchemy.engines.lm_eval.taskyaml import task_dataset
 
     found = []
     for name in names:

@@ -16,6 +16,7 @@ from evalchemy.errors import UsageError
 from evalchemy.reports.charts import Bar, BarChart, Reliability
 from evalchemy.reports.render import CSP, pct, render, write_text_atomic
 from evalchemy.results.stats import stats_from_summary_entry
+from evalchemy.results.summary import READABLE_VERSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def load_summary(path: Path) -> dict:
     except (OSError, ValueError) as err:
         raise UsageError(f"{path}: cannot read the summary ({err})") from None
     version = summary.get("schema_version")
-    if version not in (1, 2):
-        raise UsageError(f"{path}: summary schema_version {version!r} is not one this evalchemy reads (1 or 2); "
+    if version not in READABLE_VERSIONS:
+        raise UsageError(f"{path}: summary schema_version {version!r} is not one this evalchemy reads "
+                         f"({' or '.join(map(str, READABLE_VERSIONS))}); "
                          "update evalchemy")
     if "stats" not in summary:
         breakdown = (summary.get("breakdown") or {}).get("benchmark") or {}

@@ -18,6 +18,7 @@ from evalchemy import atomic
 from evalchemy.results.stats import METHOD as STATS_METHOD
 
 SCHEMA_VERSION = 2  # 2: the stats layer; readers accept 1 (no stats)
+READABLE_VERSIONS = (1, 2)
 RUN_STATUSES = ("success", "partial", "failed", "interrupted")
 BENCHMARK_STATUSES = ("success", "failed", "timeout", "skipped")
 REQUEST_COUNTS = ("sent", "failed_attempts", "empty_answers", "truncated_prompts")

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from evalchemy.engines.lm_eval.scores import primary_metric
 from evalchemy.errors import StoreError
 from evalchemy.results.scorefile import SCORES_FOLDER, read_score_file, scores_dir
-from evalchemy.results.summary import write_json_atomic
+from evalchemy.results.summary import READABLE_VERSIONS, write_json_atomic
 from evalchemy.store import db, schema
 
 logger = logging.getLogger(__name__)
@@ -313,8 +313,9 @@ def import_dirs(url: str, folders: list[Path]) -> list[Imported]:
     try:
         for path in summaries:
             summary = _read_json(path)
-            if not summary.get("run_id") or summary.get("schema_version") != 1:
-                raise StoreError(f"{path}: not an evalchemy summary (schema_version 1)")
+            if not summary.get("run_id") or summary.get("schema_version") not in READABLE_VERSIONS:
+                raise StoreError(f"{path}: not an evalchemy summary (schema_version "
+                                 f"{' or '.join(map(str, READABLE_VERSIONS))})")
             write_rows(engine, build_rows(path.parent, summary))
             done.append(Imported(summary["run_id"], path.parent, summary.get("status")))
     except sa.exc.SQLAlchemyError as err:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import yaml
 
+# dataset_path values that name a file format of the datasets library (the data is in dataset_kwargs' data_files)
+FILE_BUILDERS = {"json", "csv", "parquet", "arrow", "text"}
+
 _BASE = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -55,3 +58,9 @@ def read_config(path: str | Path, cache: dict[str, dict] | None = None, _seen: t
             merged.update({k: v for k, v in base.items() if k not in ("task_list", "include")})
     merged.update({k: v for k, v in data.items() if k != "include"})
     return merged
+
+
+def task_dataset(task_file: str | Path) -> dict:
+    """dataset_path, dataset_name, dataset_kwargs of a task YAML, following ``include:``."""
+    data = read_config(task_file)
+    return {k: data.get(k) for k in ("dataset_path", "dataset_name", "dataset_kwargs")}
