@@ -501,7 +501,7 @@ def test_a_store_url_nothing_can_open_is_refused_before_the_run(invoke, assets, 
                     str(tmp_path / "o"), "--run-id", "r", "--config", str(assets["config"]), "--include-path",
                     str(assets["tasks"]))
     assert result.exit_code == 2
-    assert result.stderr.splitlines()[-1] + "\n" == ("error: --store mysql2://u:***@h/db: not a store URL this evalchemy can open (Can't load "
+    assert result.stderr.splitlines()[-1] + "\n" == ("error: --store mysql2://***@h/db: not a store URL this evalchemy can open (Can't load "
                              "plugin: sqlalchemy.dialects:mysql2); use a file path, sqlite:///FILE or "
                              "postgresql://USER@HOST:PORT/DB\n")
     assert "pw-SECRET" not in result.stderr
