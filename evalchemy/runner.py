@@ -11,11 +11,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from evalchemy import collect, endpoint as endpoint_mod, local_model
+from evalchemy import collect, endpoint as endpoint_mod, local_model, signals, storage
 from evalchemy.config import Config
 from evalchemy.data import check_plan_data
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
+    EXIT_INTERNAL,
     EXIT_OK,
     EXIT_PREFLIGHT,
     Interrupted,
@@ -37,7 +38,8 @@ from evalchemy.plan import (
     request_cache_key,
     shell_line,
 )
-from evalchemy.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
+from evalchemy.storage import DiskFullError, free_space, is_disk_full, write_json_with_room
+from evalchemy.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class RunResult:
     summary_path: Path
     exit_code: int
     records: list[BenchmarkRecord] = field(default_factory=list)
+    disk_full: list[str] = field(default_factory=list)  # benchmarks that failed for lack of space
+    summary_error: str | None = None  # set when the summary could not be written (disk full): nothing on disk
 
 
 class Events:
@@ -191,8 +195,12 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
     merged = collect.merge_results(outcomes)
     if merged is not None:
         results_path = run_dir / f"{bench.name}_results.json"
-        write_json_atomic(results_path, merged)
-        files.append(results_path.name)
+        try:
+            write_json_with_room(results_path, merged, run_dir)
+            files.append(results_path.name)
+        except DiskFullError as err:
+            record.status, record.error = "failed", str(err)
+            logger.error("benchmark %s: %s", bench.name, err)
     if log_path.exists():
         files.append(log_path.name)
     for outcome in outcomes:
@@ -254,6 +262,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     events = events or Events()
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    storage.reserve_summary_space(run_dir, storage.summary_space_estimate(
+        len(plan.benchmarks), sum(len(b.runs) for b in plan.benchmarks)))
     started_at, t0 = now_iso(), time.monotonic()
     logger.info("run %s: config %s (sha256 %s), %d benchmark(s) to run", opts.run_id, config.path, config.sha256,
                 len(plan.to_run))
@@ -268,14 +278,17 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     worker: Worker | None = None
     server = None
     local = opts.endpoint == LOCAL_ENDPOINT
+    internal: BaseException | None = None
+    result: RunResult | None = None
     try:
         try:
-            check_plan_data(plan, index, opts.home or Path.cwd(), opts.online, config.path)
-            if local:
-                server = LocalServer(run_dir / "local_model_server.log").start()
-                opts = replace(opts, endpoint=server.completions_url,
-                               tokenizer=opts.tokenizer or server.tokenizer_path)
-            pre = preflight(opts, plan, api_key, local=local)
+            with signals.interruptible():
+                check_plan_data(plan, index, opts.home or Path.cwd(), opts.online, config.path)
+                if local:
+                    server = LocalServer(run_dir / "local_model_server.log").start()
+                    opts = replace(opts, endpoint=server.completions_url,
+                                   tokenizer=opts.tokenizer or server.tokenizer_path)
+                pre = preflight(opts, plan, api_key, local=local)
             events.preflight_done(pre.model, pre.tokenizer)
         except PreflightError as err:
             preflight_error = str(err)
@@ -301,10 +314,11 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
                 logger.info("[%d/%d] benchmark %s", position, len(to_run), bench.name)
                 outcomes: list[RunOutcome] = []
                 try:
-                    run_benchmark(worker, bench, pre.model_settings, run_dir, public_url, outcomes,
-                                  on_run_done=events.task_run_done, use_cache=cache,
-                                  max_failed_requests=opts.max_failed_requests)
-                finally:
+                    with signals.interruptible():
+                        run_benchmark(worker, bench, pre.model_settings, run_dir, public_url, outcomes,
+                                      on_run_done=events.task_run_done, use_cache=cache,
+                                      max_failed_requests=opts.max_failed_requests)
+                finally:  # signals are only recorded from here on: the finished work is always recorded
                     record = _record(bench, outcomes, run_dir, pre.model_settings, public_url, cache)
                     records.append(record)
                 logger.info("[%d/%d] benchmark %s: %s", position, len(to_run), bench.name, record.status)
@@ -312,15 +326,31 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     except Interrupted as err:
         interrupted = err
         logger.error("run %s interrupted (%s): stopping the current benchmark", opts.run_id, err)
+    except BaseException as err:  # a bug: the summary says so (exit code 1), then the CLI shows the traceback
+        internal = err
+        raise
     finally:
+        # no signal raises here (see signals.py): the children are stopped and the summary written, always
         if worker is not None:
             worker.stop()
         if server is not None:
             server.stop()
         worker_boot_log = run_dir / ".worker.log"
-        if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
-            worker_boot_log.unlink()
+        try:
+            if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
+                worker_boot_log.unlink()
+        except OSError:
+            pass
+        result = _finish(opts, config, plan, records, pre, preflight_error, interrupted, internal, local,
+                         summary_path, started_at, t0)
+    return result
 
+
+def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[BenchmarkRecord], pre: Preflight | None,
+            preflight_error: str | None, interrupted: Interrupted | None, internal: BaseException | None,
+            local: bool, summary_path: Path, started_at: str, t0: float) -> RunResult:
+    """Complete the records, pick the exit code and write the summary (kept in memory until then)."""
+    run_dir = opts.run_dir
     done = {r.name for r in records}
     for bench in plan.benchmarks:
         if bench.name in done:
@@ -335,7 +365,9 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             records.append(record)
 
     status = run_status(records, interrupted is not None, preflight_error)
-    if interrupted is not None:
+    if internal is not None:
+        status, exit_code = "failed", EXIT_INTERNAL
+    elif interrupted is not None:
         exit_code = interrupted.exit_code
     elif preflight_error:
         exit_code = EXIT_PREFLIGHT
@@ -343,6 +375,17 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         exit_code = EXIT_OK
     else:
         exit_code = EXIT_BENCHMARKS_FAILED
+    late = signals.guard().received if interrupted is None and internal is None else []
+    if late:
+        logger.warning("%s received after the last benchmark finished: the run is complete, it ends as its summary "
+                       "says (exit code %d)", signals.guard().names(), exit_code)
+    disk_full = [r.name for r in records if r.error and is_disk_full(r.error)]
+    error = preflight_error or (str(interrupted) if interrupted else None)
+    if internal is not None:
+        error = f"internal error: {type(internal).__name__}: {internal}"
+    elif disk_full and not error:
+        error = (f"disk full ({free_space(run_dir)} on the filesystem of {run_dir}): benchmark(s) "
+                 f"{', '.join(disk_full)} could not be completed")
     summary = build_summary(
         run_id=opts.run_id,
         status=status,
@@ -373,11 +416,22 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             "errors_log": f"evalchemy_errors_{opts.run_id}.log",
             "summary": summary_path.name,
         },
-        error=preflight_error or (str(interrupted) if interrupted else None),
+        error=error,
     )
-    write_json_atomic(summary_path, summary)
+    result = RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records,
+                       disk_full=disk_full)
+    storage.release_summary_space(run_dir)
+    try:
+        write_json_with_room(summary_path, summary, run_dir)
+    except DiskFullError as err:
+        result.summary_error = str(err)
+        if exit_code == EXIT_OK:  # the run's outcome is lost with its summary
+            result.exit_code = EXIT_BENCHMARKS_FAILED
+        logger.error("run %s finished: %s (exit code %d); the summary was NOT written: %s", opts.run_id, status,
+                     result.exit_code, err)
+        return result
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
-    return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)
+    return result
 
 
 def _safe_display(url: str) -> str:

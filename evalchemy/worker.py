@@ -82,8 +82,8 @@ def _redirect_output(log_path: str) -> None:
     """Point fds 1 and 2 (and so print, tqdm and every logging handler on them) at ``log_path``."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _quietly(sys.stdout.flush)
+    _quietly(sys.stderr.flush)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -142,6 +142,13 @@ class Worker:
         return {"results": results, "files": files, "duration_s": time.monotonic() - started}
 
 
+def _quietly(write) -> None:
+    try:
+        write()
+    except OSError:
+        pass
+
+
 def main() -> int:
     result_fd = int(os.environ[RESULT_FD_ENV])
     answers = os.fdopen(result_fd, "w", encoding="utf-8", buffering=1)
@@ -160,15 +167,15 @@ def main() -> int:
         try:
             answer.update(worker.run(job), ok=True)
         except BaseException as err:  # noqa: BLE001 - reported to the runner, which records the failure
-            traceback.print_exc()
+            _quietly(traceback.print_exc)  # the log may be on a full disk: the answer still goes back
             message = str(err).strip().splitlines()[-1] if str(err).strip() else ""
             answer["error"] = f"{type(err).__name__}: {message}" if message else type(err).__name__
             if isinstance(err, KeyboardInterrupt):
                 answers.write(json.dumps(answer) + "\n")
                 return 130
         answer["requests"] = stats.as_dict()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _quietly(sys.stdout.flush)
+        _quietly(sys.stderr.flush)
         answers.write(json.dumps(answer, ensure_ascii=False) + "\n")
     return 0
 
