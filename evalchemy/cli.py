@@ -446,23 +446,26 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     # from here a signal is recorded, and raised only where the run can stop its work (see signals.py); the CLI's
     # own process keeps this handler until it exits, so that its exit code is always the summary's
     guard = signals.reset().install()
+    lock = RunLock(output, run_id)
     try:
-        with RunLock(output, run_id):
+        with storage.room_to_start(output):
+            lock.acquire()
             if fresh and opts.run_dir.exists():
                 import shutil
 
                 shutil.rmtree(opts.run_dir)
             logs = attach_run_logs(opts.run_dir, run_id, log_level)
-            result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index)
-            if notify_url:
-                from evalchemy.notify import notify
+        result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index)
+        if notify_url:
+            from evalchemy.notify import notify
 
-                before = len(guard.received)
-                notify(notify_url, result.summary, result.summary_path)
-                if len(guard.received) > before:
-                    logger.warning("%s received while sending the notification: it was still sent; exit code %d, "
-                                   "as the summary says", guard.names(), result.exit_code)
+            before = len(guard.received)
+            notify(notify_url, result.summary, result.summary_path)
+            if len(guard.received) > before:
+                logger.warning("%s received while sending the notification: it was still sent; exit code %d, "
+                               "as the summary says", guard.names(), result.exit_code)
     finally:
+        lock.release()
         if not (ctx.obj or {}).get("process"):
             guard.uninstall()
     _report_disk_full(result, logs, opts.run_dir)

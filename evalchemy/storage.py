@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from evalchemy.errors import EXIT_BENCHMARKS_FAILED, EvalchemyError, PreflightError, UsageError
@@ -78,8 +79,8 @@ def free_space(path: Path) -> str:
 
 def check_output_dir(output: Path, run_id: str) -> None:
     """``--output`` must be (or be creatable as) a folder this process can create files in. Permission bits do not
-    bind root, so the check creates and removes a file. UsageError when it is a file or not writable;
-    PreflightError when its filesystem has no room left for even an empty file."""
+    bind root, so the check creates and removes a folder with a file in it (as the run will). UsageError when it
+    is a file or not writable; PreflightError when its filesystem has no room left for them."""
     for path in (output, output / run_id):
         if os.path.lexists(path) and not path.is_dir():
             raise UsageError(f"--output {output}: {path} is a file, not a folder; pass --output a folder "
@@ -89,13 +90,14 @@ def check_output_dir(output: Path, run_id: str) -> None:
         raise UsageError(f"--output {output}: {existing} is a file, not a folder; pass --output a folder "
                          "(it is created if missing)")
     try:
-        handle, probe = tempfile.mkstemp(prefix=".evalchemy-write-check-", dir=existing)
-        os.close(handle)
-        os.unlink(probe)
+        probe = Path(tempfile.mkdtemp(prefix=".evalchemy-write-check-", dir=existing))
+        try:
+            (probe / "file").touch()
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
     except OSError as err:
         if is_disk_full(err):
-            raise PreflightError(f"--output {output}: no space left on its filesystem ({free_space(existing)}); "
-                                 "free some space or pass another --output") from None
+            raise no_room_to_start(output) from None
         raise UsageError(f"--output {output}: cannot create files in {existing} ({err.strerror}); pass --output a "
                          "folder you can write to, or make this one writable") from None
 
@@ -128,6 +130,23 @@ def release_summary_space(run_dir: Path) -> None:
         (run_dir / SUMMARY_RESERVE).unlink()
     except OSError:
         pass
+
+
+def no_room_to_start(output: Path) -> PreflightError:
+    return PreflightError(f"disk full: no room for the run's folder and logs in {output} ({free_space(output)}); "
+                          "nothing was run; free some space or pass another --output")
+
+
+@contextmanager
+def room_to_start(output: Path):
+    """Taking the lock and creating the run folder and its logs: a full disk there means nothing was run
+    (PreflightError naming the folder and the space left), not an internal error."""
+    try:
+        yield
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise no_room_to_start(output) from None
 
 
 def _remove_disposable(run_dir: Path, needed: int) -> list[str]:

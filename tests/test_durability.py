@@ -45,6 +45,41 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.fixture
+def full_ext4(tmp_path):
+    """A loop-mounted 4 MB ext4 filesystem (no blocks reserved for root), filled to the last block: unlike tmpfs,
+    creating a folder there needs a free block."""
+    image, mount_point = tmp_path / "ext4.img", tmp_path / "ext4"
+    mount_point.mkdir()
+    image.write_bytes(b"")
+    os.truncate(image, 4 << 20)
+    try:
+        made = subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], capture_output=True, text=True)
+        mounted = made.returncode == 0 and subprocess.run(
+            ["mount", "-o", "loop", str(image), str(mount_point)], capture_output=True, text=True)
+    except FileNotFoundError as err:
+        pytest.skip(f"cannot make an ext4 filesystem here: {err}")
+    if not mounted or mounted.returncode != 0:
+        pytest.skip("cannot loop-mount an ext4 image here (needs root, loop devices and mkfs.ext4): "
+                    f"{made.stderr.strip() or mounted.stderr.strip()}")
+    (mount_point / "o").mkdir()
+    for number in range(10):  # ext4 frees and reserves blocks lazily: fill, sync, again until nothing is left
+        handle = os.open(mount_point / f"filler{number}", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            while True:
+                os.write(handle, b"\0" * 4096)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+        finally:
+            os.close(handle)
+        os.sync()
+        if os.statvfs(mount_point).f_bavail == 0:
+            break
+    assert os.statvfs(mount_point).f_bavail == 0
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
 def fill(fs: Path, free_kb: int) -> Path:
     """Fill the filesystem with one file, then shrink it so that exactly ``free_kb`` KB stay free."""
     filler = fs / "filler"
@@ -175,6 +210,21 @@ def test_full_disk_ends_with_exit_4_a_message_and_the_summary_when_it_fits(asset
                             "full", "--include-path", str(assets["tasks_dir"]))
         assert again.returncode == 0, again.stderr
         assert _summary(out, "full")["status"] == "success"
+
+
+def test_no_room_for_the_run_folder_is_exit_3_before_anything_runs(assets, write_config, full_ext4):
+    """ext4 with no block free: the run folder cannot even be created: exit 3 (nothing was run) with a message
+    naming the output folder and the space left, not exit 1 with a traceback; no request is sent."""
+    out = full_ext4 / "o"
+    with TestServer(assets["tokenizer"], "test-model") as srv:
+        done = run_cli("--endpoint", srv.base_url, "--config", str(write_config(demo_config())), "--output", str(out),
+                       "--run-id", "r", "--include-path", str(assets["tasks_dir"]))
+        sent = len(srv.requests)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.splitlines()[-1] == (f"error: disk full: no room for the run's folder and logs in {out} "
+                                            "(0 KB free); nothing was run; free some space or pass another --output")
+    assert "Traceback" not in done.stderr
+    assert sent == 0 and not (out / "r").exists()
 
 
 def test_full_disk_lock_file_still_locks(tmp_path, small_fs):
