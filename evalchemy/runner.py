@@ -361,7 +361,8 @@ def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[Benchmar
             record = BenchmarkRecord(name=bench.name, description=bench.description,
                                      status="skipped" if pre is None or interrupted else "failed",
                                      tasks=[t for run in bench.runs for t in run.tasks], priority=bench.priority,
-                                     error="not run: " + ("preflight failed" if pre is None else "run interrupted"))
+                                     error="not run: " + ("preflight failed" if pre is None else
+                                                          "internal error" if internal else "run interrupted"))
             records.append(record)
 
     status = run_status(records, interrupted is not None, preflight_error)
@@ -377,8 +378,8 @@ def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[Benchmar
         exit_code = EXIT_BENCHMARKS_FAILED
     late = signals.guard().received if interrupted is None and internal is None else []
     if late:
-        logger.warning("%s received after the last benchmark finished: the run is complete, it ends as its summary "
-                       "says (exit code %d)", signals.guard().names(), exit_code)
+        logger.warning("%s received once the run's work was over (after the last benchmark finished): it ends as "
+                       "its summary says (exit code %d)", signals.guard().names(), exit_code)
     disk_full = [r.name for r in records if r.error and is_disk_full(r.error)]
     error = preflight_error or (str(interrupted) if interrupted else None)
     if internal is not None:

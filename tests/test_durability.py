@@ -362,3 +362,28 @@ def test_signal_during_the_notification(assets, write_config, tmp_path, sigs):
     run_log = (out / "notify" / "evalchemy_notify.log").read_text(encoding="utf-8")
     port = hook.url.split(":")[2].split("/")[0]
     assert f"notified http://127.0.0.1:{port}/… (HTTP 200)" in run_log
+
+
+def test_internal_error_during_the_run_still_writes_a_summary_that_says_exit_1(assets, write_config, tmp_path):
+    """A bug inside the run (here a progress callback that raises) still stops the worker and writes the summary,
+    status failed and exit_code 1 as the CLI then exits, before the error goes on to the CLI."""
+    from evalchemy import plan as plan_mod, runner
+    from evalchemy.cli import _load
+
+    includes = (assets["tasks_dir"],)
+    cfg, index = _load(write_config(CAPITALS_ONLY), includes)
+    plan = plan_mod.build_plan(cfg, plan_mod.LocalTasks(data_dir=tmp_path / "data", home=tmp_path), index,
+                               include_paths=includes)
+
+    class Broken(runner.Events):
+        def benchmark_started(self, bench, position, total):
+            raise RuntimeError("the progress display broke")
+
+    with TestServer(assets["tokenizer"], "test-model", answers={"favoured": sorted(FAVOURED)}) as srv:
+        opts = runner.RunOptions(endpoint=srv.base_url, run_id="bug", output_dir=tmp_path / "o", home=tmp_path)
+        with pytest.raises(RuntimeError, match="the progress display broke"):
+            runner.execute(opts, cfg, plan, Broken(), index=index)
+    summary = _summary(tmp_path / "o", "bug")
+    assert (summary["status"], summary["exit_code"]) == ("failed", 1)
+    assert summary["error"] == "internal error: RuntimeError: the progress display broke"
+    assert summary["benchmarks"]["capitals"]["error"] == "not run: internal error"
