@@ -116,10 +116,14 @@ def reserve_summary_space(run_dir: Path, size: int) -> int:
     except OSError:
         return 0
     try:
-        while held < size:
-            held += os.write(handle, b"\0" * min(PAGE, size - held))
-    except OSError:
-        pass
+        os.posix_fallocate(handle, 0, size)  # real blocks, even where zeros would be compressed away
+        held = size
+    except OSError:  # no room for all of it (or no fallocate here): as many pages as fit
+        try:
+            while held < size:
+                held += os.write(handle, b"\0" * min(PAGE, size - held))
+        except OSError:
+            pass
     finally:
         os.close(handle)
     return held
