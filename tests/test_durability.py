@@ -198,7 +198,7 @@ def test_full_disk_ends_with_exit_4_a_message_and_the_summary_when_it_fits(asset
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         Draft202012Validator(load_schema("summary.schema.json")).validate(summary)
         assert summary["exit_code"] == 4 and summary["status"] in ("failed", "partial")
-        assert summary["error"].startswith(f"disk full (") and str(run_dir) in summary["error"]
+        assert summary["error"].startswith("disk full (") and str(run_dir) in summary["error"]
         assert hook.bodies[0]["status"] == summary["status"]
     assert not list(run_dir.rglob("*.tmp"))
 
