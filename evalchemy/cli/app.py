@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from evalchemy.errors import (
     EXIT_SIGINT,
     ConfigError,
     EvalchemyError,
-    Interrupted,
     UsageError,
 )
 
@@ -30,7 +28,7 @@ Exit codes:
   1    unexpected internal error
   2    usage or config error (nothing was run or written)
   3    preflight failed: endpoint, model, tokenizer or data unusable; nothing was run
-  4    the run finished but at least one benchmark failed or timed out
+  4    the run finished but at least one benchmark failed or timed out (or was lost to a full disk)
   5    another run holds the lock on the output folder
   6    compare --fail-on-regression: a score dropped by more than the threshold, beyond noise
   130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM
@@ -77,21 +75,22 @@ def setup_console_logging(level: str) -> None:
     redaction.guard_logging()
 
 
-def attach_run_logs(run_dir: Path, run_id: str, level: str) -> None:
+def attach_run_logs(run_dir: Path, run_id: str, level: str) -> list:
     """The run log (everything at --log-level) and the errors log (warnings and errors) in the run folder."""
+    from evalchemy.storage import RunLogHandler
+
     run_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
+    handlers = []
     for path, file_level in ((run_dir / f"evalchemy_{run_id}.log", level),
                              (run_dir / f"evalchemy_errors_{run_id}.log", "WARNING")):
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = RunLogHandler(path)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler.setLevel(file_level)
         root.addHandler(handler)
+        handlers.append(handler)
     redaction.guard_logging()
-
-
-def _raise_interrupted(signum, _frame):
-    raise Interrupted(signum)
+    return handlers
 
 
 def _load(config_path: Path, include_paths: tuple[Path, ...]):
@@ -472,19 +471,26 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         proxy=proxy_url,
         store=resolve_url(store, output),
     )
+    from evalchemy import signals, storage
     from evalchemy.execution.lock import RunLock
 
-    signal.signal(signal.SIGINT, _raise_interrupted)
-    signal.signal(signal.SIGTERM, _raise_interrupted)
-    with RunLock(output, run_id):
-        if fresh and opts.run_dir.exists():
-            import shutil
+    storage.check_output_dir(output, run_id)
+    ctx = click.get_current_context()
+    # from here a signal is recorded, and raised only where the run can stop its work (see signals.py); the CLI's
+    # own process keeps this handler until it exits, so that its exit code is always the summary's
+    guard = signals.reset().install()
+    lock = RunLock(output, run_id)
+    try:
+        with storage.room_to_start(output):
+            lock.acquire()
+            if fresh and opts.run_dir.exists():
+                import shutil
 
-            shutil.rmtree(opts.run_dir)
-        attach_run_logs(opts.run_dir, run_id, log_level)
+                shutil.rmtree(opts.run_dir)
+            logs = attach_run_logs(opts.run_dir, run_id, log_level)
         result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index,
                                 other_secrets=notify_secrets)
-        if write_report:
+        if write_report and result.summary_error is None:
             from evalchemy.reports.run_report import write_run_report
 
             try:
@@ -492,13 +498,20 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
             except (OSError, EvalchemyError) as err:  # the run's outcome and exit code stand
                 logger.error("could not write the report: %s (retry: run_evalchemy.sh report %s)", err, run_id)
         if notify_url:
+            before = len(guard.received)
             notify_mod.notify(notify_url, result.summary, result.summary_path)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if len(guard.received) > before:
+                logger.warning("%s received while sending the notification: it was still sent; exit code %d, "
+                               "as the summary says", guard.names(), result.exit_code)
+    finally:
+        lock.release()
+        if not (ctx.obj or {}).get("process"):
+            guard.uninstall()
+    _report_disk_full(result, logs, opts.run_dir)
     if any(r.status != "skipped" for r in result.records):
         print_scores(result)
-    click.echo(str(result.summary_path))
-    ctx = click.get_current_context()
+    if result.summary_error is None:
+        click.echo(str(result.summary_path))
     ctx.exit(result.exit_code)
 
 
@@ -507,7 +520,25 @@ def commands():
     """Commands on finished runs: run_evalchemy.sh COMMAND ... (a run itself starts with flags)."""
 
 
+def _report_disk_full(result, logs, run_dir: Path) -> None:
+    """One error line per thing a full disk cost the run, each naming the path and the space left."""
+    from evalchemy.storage import free_space
+
+    if result.disk_full:
+        click.echo(f"error: disk full: {run_dir} ({free_space(run_dir)}): benchmark(s) {', '.join(result.disk_full)} "
+                   "failed for lack of space; free some space (or pass another --output), then run the same --run-id "
+                   "again to resume", err=True)
+    if result.summary_error is not None:
+        click.echo(f"error: {result.summary_error}: the run's outcome (exit code {result.exit_code}) is only in this "
+                   "message and the notification", err=True)
+    for handler in logs:
+        if handler.dropped:
+            click.echo(f"warning: {handler.dropped} line(s) of {handler.baseFilename} were not written: disk full "
+                       f"({free_space(run_dir)})", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from evalchemy import signals
     from evalchemy.cli import report_commands, store_commands
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -517,7 +548,10 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] in commands.commands:  # a subcommand; runs start with flags
         commands.main(args=args, prog_name="run_evalchemy.sh")
         return
-    cli.main(args=argv, prog_name="run_evalchemy.sh")
+    try:
+        cli.main(args=argv, prog_name="run_evalchemy.sh", obj={"process": True})  # this process is the run's own
+    finally:
+        signals.guard().ignore_from_now()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -37,8 +37,11 @@ class RunLock:
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "run_id": self.run_id,
                 "started_at": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")}
-        os.write(fd, json.dumps(info).encode())
-        os.fsync(fd)
+        try:
+            os.write(fd, json.dumps(info).encode())
+            os.fsync(fd)
+        except OSError:  # a full disk: the lock holds without the holder's details (only the message uses them)
+            os.ftruncate(fd, 0)
         self._fd = fd
 
     @staticmethod

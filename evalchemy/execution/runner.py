@@ -16,8 +16,10 @@ from evalchemy.engines.lm_eval import scores as collect
 from evalchemy.config.model import Config
 from evalchemy.datasets.availability import check_plan_data
 from evalchemy import redaction
+from evalchemy import signals, storage
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
+    EXIT_INTERNAL,
     EXIT_OK,
     EXIT_PREFLIGHT,
     Interrupted,
@@ -41,8 +43,9 @@ from evalchemy.plan import (
     shell_line,
 )
 from evalchemy.results import stats as stats_mod
-from evalchemy.results.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions, write_json_atomic
+from evalchemy.results.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions
 from evalchemy.proxy import display as proxy_display
+from evalchemy.storage import DiskFullError, free_space, is_disk_full, write_json_with_room
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,8 @@ class RunResult:
     summary_path: Path
     exit_code: int
     records: list[BenchmarkRecord] = field(default_factory=list)
+    disk_full: list[str] = field(default_factory=list)  # benchmarks that failed for lack of space
+    summary_error: str | None = None  # set when the summary could not be written (disk full): nothing on disk
 
 
 class Events:
@@ -210,8 +215,12 @@ def _record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: Path,
     merged = collect.merge_results(outcomes)
     if merged is not None:
         results_path = run_dir / f"{bench.name}_results.json"
-        write_json_atomic(results_path, merged)
-        files.append(results_path.name)
+        try:
+            write_json_with_room(results_path, merged, run_dir)
+            files.append(results_path.name)
+        except DiskFullError as err:
+            record.status, record.error = "failed", str(err)
+            logger.error("benchmark %s: %s", bench.name, err)
     if log_path.exists():
         files.append(log_path.name)
     for outcome in outcomes:
@@ -279,6 +288,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     redaction.protect(api_key, *other_secrets)
     run_dir = opts.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    storage.reserve_summary_space(run_dir, storage.summary_space_estimate(
+        len(plan.benchmarks), sum(len(b.runs) for b in plan.benchmarks)))
     started_at, t0 = now_iso(), time.monotonic()
     logger.info("run %s: config %s (sha256 %s), %d benchmark(s) to run", opts.run_id, config.path, config.sha256,
                 len(plan.to_run))
@@ -294,16 +305,19 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     server = None
     scan: dict | None = None
     local = opts.endpoint == LOCAL_ENDPOINT
+    internal: BaseException | None = None
+    result: RunResult | None = None
     try:
         try:
-            findings = PreflightFindings()
-            findings.check(check_plan_data, plan, index, opts.home or Path.cwd(), opts.online, config.path)
-            if local:
-                server = findings.check(LocalServer(run_dir / "local_model_server.log").start)
-                opts = opts if server is None else replace(opts, endpoint=server.completions_url)
-            if server is not None or not local:
-                pre = preflight(opts, plan, api_key, local=local, findings=findings)
-            findings.raise_any()
+            with signals.interruptible():
+                findings = PreflightFindings()
+                findings.check(check_plan_data, plan, index, opts.home or Path.cwd(), opts.online, config.path)
+                if local:
+                    server = findings.check(LocalServer(run_dir / "local_model_server.log").start)
+                    opts = opts if server is None else replace(opts, endpoint=server.completions_url)
+                if server is not None or not local:
+                    pre = preflight(opts, plan, api_key, local=local, findings=findings)
+                findings.raise_any()
             events.preflight_done(pre.model, pre.tokenizer)
         except PreflightError as err:
             preflight_error = str(err)
@@ -330,10 +344,11 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
                 logger.info("[%d/%d] benchmark %s", position, len(to_run), bench.name)
                 outcomes: list[RunOutcome] = []
                 try:
-                    run_benchmark(worker, bench, pre.model_settings, run_dir, public_url, outcomes,
-                                  on_run_done=events.task_run_done, use_cache=cache,
-                                  max_failed_requests=opts.max_failed_requests)
-                finally:
+                    with signals.interruptible():
+                        run_benchmark(worker, bench, pre.model_settings, run_dir, public_url, outcomes,
+                                      on_run_done=events.task_run_done, use_cache=cache,
+                                      max_failed_requests=opts.max_failed_requests)
+                finally:  # signals are only recorded from here on: the finished work is always recorded
                     record = _record(bench, outcomes, run_dir, pre.model_settings, public_url, cache)
                     records.append(record)
                 logger.info("[%d/%d] benchmark %s: %s", position, len(to_run), bench.name, record.status)
@@ -341,17 +356,33 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     except Interrupted as err:
         interrupted = err
         logger.error("run %s interrupted (%s): stopping the current benchmark", opts.run_id, err)
+    except BaseException as err:  # a bug: the summary says so (exit code 1), then the CLI shows the traceback
+        internal = err
+        raise
     finally:
+        # no signal raises here (see signals.py): the children are stopped and the summary written, always
         if worker is not None:
             worker.stop()
         if server is not None:
             server.stop()
         worker_boot_log = run_dir / ".worker.log"
-        if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
-            worker_boot_log.unlink()
+        try:
+            if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
+                worker_boot_log.unlink()
+        except OSError:
+            pass
         if run_secrets:  # last, once nothing the run started writes there any more; also when the run raised
             scan = redaction.scan_run_folder(run_dir, run_secrets)
+        result = _finish(opts, config, plan, records, pre, preflight_error, interrupted, internal, local,
+                         summary_path, started_at, t0, scan)
+    return result
 
+
+def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[BenchmarkRecord], pre: Preflight | None,
+            preflight_error: str | None, interrupted: Interrupted | None, internal: BaseException | None,
+            local: bool, summary_path: Path, started_at: str, t0: float, scan: dict | None = None) -> RunResult:
+    """Complete the records, pick the exit code and write the summary (kept in memory until then)."""
+    run_dir = opts.run_dir
     done = {r.name for r in records}
     for bench in plan.benchmarks:
         if bench.name in done:
@@ -362,13 +393,16 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             record = BenchmarkRecord(name=bench.name, description=bench.description,
                                      status="skipped" if pre is None or interrupted else "failed",
                                      tasks=[t for run in bench.runs for t in run.tasks], priority=bench.priority,
-                                     error="not run: " + ("run interrupted" if pre is not None else
+                                     error="not run: " + ("internal error" if internal else
+                                                          "run interrupted" if pre is not None else
                                                           "interrupted during preflight" if interrupted else
                                                           "preflight failed"))
             records.append(record)
 
     status = run_status(records, interrupted is not None, preflight_error)
-    if interrupted is not None:
+    if internal is not None:
+        status, exit_code = "failed", EXIT_INTERNAL
+    elif interrupted is not None:
         exit_code = interrupted.exit_code
     elif preflight_error:
         exit_code = EXIT_PREFLIGHT
@@ -376,6 +410,17 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         exit_code = EXIT_OK
     else:
         exit_code = EXIT_BENCHMARKS_FAILED
+    late = signals.guard().received if interrupted is None and internal is None else []
+    if late:
+        logger.warning("%s received once the run's work was over (after the last benchmark finished): it ends as "
+                       "its summary says (exit code %d)", signals.guard().names(), exit_code)
+    disk_full = [r.name for r in records if r.error and is_disk_full(r.error)]
+    error = preflight_error or (str(interrupted) if interrupted else None)
+    if internal is not None:
+        error = f"internal error: {type(internal).__name__}: {internal}"
+    elif disk_full and not error:
+        error = (f"disk full ({free_space(run_dir)} on the filesystem of {run_dir}): benchmark(s) "
+                 f"{', '.join(disk_full)} could not be completed")
     summary = build_summary(
         run_id=opts.run_id,
         status=status,
@@ -406,17 +451,28 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             "errors_log": f"evalchemy_errors_{opts.run_id}.log",
             "summary": summary_path.name,
         },
-        error=preflight_error or (str(interrupted) if interrupted else None),
+        error=error,
         secrets=scan,
     )
     summary = redaction.scrub_data(summary)
-    write_json_atomic(summary_path, summary)
+    result = RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records,
+                       disk_full=disk_full)
+    storage.release_summary_space(run_dir)
+    try:
+        write_json_with_room(summary_path, summary, run_dir)
+    except DiskFullError as err:
+        result.summary_error = str(err)
+        if exit_code == EXIT_OK:  # the run's outcome is lost with its summary
+            result.exit_code = EXIT_BENCHMARKS_FAILED
+        logger.error("run %s finished: %s (exit code %d); the summary was NOT written: %s", opts.run_id, status,
+                     result.exit_code, err)
+        return result
     if opts.store:
         from evalchemy.store.record import record_run_end
 
-        summary = record_run_end(opts.store, summary_path, summary)
+        result.summary = record_run_end(opts.store, summary_path, summary)
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
-    return RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records)
+    return result
 
 
 def _safe_display(url: str) -> str:

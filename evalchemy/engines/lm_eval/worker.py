@@ -38,8 +38,8 @@ def _redirect_output(log_path: str) -> None:
     """Point fds 1 and 2 (and so print, tqdm and every logging handler on them) at ``log_path``."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _quietly(sys.stdout.flush)
+    _quietly(sys.stderr.flush)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -113,6 +113,13 @@ class Worker:
                 "duration_s": time.monotonic() - started, "stats": stats}
 
 
+def _quietly(write) -> None:
+    try:
+        write()
+    except OSError:
+        pass
+
+
 def main() -> int:
     result_fd = int(os.environ[RESULT_FD_ENV])
     # the key lm-eval sends never reaches the benchmark log: logging is filtered, and so is what is printed
@@ -138,14 +145,14 @@ def main() -> int:
         try:
             answer.update(worker.run(job), ok=True)
         except BaseException as err:  # noqa: BLE001 - reported to the runner, which records the failure
-            sys.stderr.write(redaction.scrub(traceback.format_exc()))
+            _quietly(lambda: sys.stderr.write(redaction.scrub(traceback.format_exc())))  # the log may be on a full disk
             answer["error"] = redaction.scrub(failures.describe(err, job))
             if isinstance(err, KeyboardInterrupt):
                 answers.write(redaction.scrub(json.dumps(answer)) + "\n")
                 return 130
         answer["requests"] = stats.as_dict()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _quietly(sys.stdout.flush)
+        _quietly(sys.stderr.flush)
         answers.write(redaction.scrub(json.dumps(answer, ensure_ascii=False)) + "\n")
     return 0
 
