@@ -77,7 +77,7 @@ def setup_console_logging(level: str) -> None:
 
 def attach_run_logs(run_dir: Path, run_id: str, level: str) -> list:
     """The run log (everything at --log-level) and the errors log (warnings and errors) in the run folder."""
-    from evalchemy.storage import RunLogHandler
+    from evalchemy.execution.storage import RunLogHandler
 
     run_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
@@ -471,7 +471,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         proxy=proxy_url,
         store=resolve_url(store, output),
     )
-    from evalchemy import signals, storage
+    from evalchemy.execution import signals, storage
     from evalchemy.execution.lock import RunLock
 
     storage.check_output_dir(output, run_id)
@@ -522,7 +522,7 @@ def commands():
 
 def _report_disk_full(result, logs, run_dir: Path) -> None:
     """One error line per thing a full disk cost the run, each naming the path and the space left."""
-    from evalchemy.storage import free_space
+    from evalchemy.execution.storage import free_space
 
     if result.disk_full:
         click.echo(f"error: disk full: {run_dir} ({free_space(run_dir)}): benchmark(s) {', '.join(result.disk_full)} "
@@ -538,7 +538,7 @@ def _report_disk_full(result, logs, run_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from evalchemy import signals
+    from evalchemy.execution import signals
     from evalchemy.cli import report_commands, store_commands
 
     args = list(sys.argv[1:] if argv is None else argv)

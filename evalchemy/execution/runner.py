@@ -16,7 +16,7 @@ from evalchemy.engines.lm_eval import scores as collect
 from evalchemy.config.model import Config
 from evalchemy.datasets.availability import check_plan_data
 from evalchemy import redaction
-from evalchemy import signals, storage
+from evalchemy.execution import signals, storage
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
     EXIT_INTERNAL,
@@ -45,7 +45,7 @@ from evalchemy.plan import (
 from evalchemy.results import stats as stats_mod
 from evalchemy.results.summary import REQUEST_COUNTS, BenchmarkRecord, build_summary, now_iso, run_status, versions
 from evalchemy.proxy import display as proxy_display
-from evalchemy.storage import DiskFullError, free_space, is_disk_full, write_json_with_room
+from evalchemy.execution.storage import DiskFullError, free_space, is_disk_full, write_json_with_room
 
 logger = logging.getLogger(__name__)
 
