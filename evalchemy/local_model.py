@@ -26,6 +26,7 @@ import urllib.request
 from importlib import util
 from pathlib import Path
 
+from evalchemy.echo import ECHO_MODEL
 from evalchemy.errors import PreflightError
 from evalchemy.process import die_with_parent, stop_process_group
 
@@ -48,6 +49,9 @@ TOKENIZED_REQUESTS = False  # llama-cpp-python accepts one string prompt per req
 BATCH_SIZE = 1  # lm-eval's --batch_size: prompts per request
 NUM_CONCURRENT = 1  # the server computes one request at a time
 TOKENIZER_BACKEND = "huggingface"
+# lm-eval model: its echo has no generated token after end-of-text, so lm-eval's [ctxlen:-1] would drop an answer's
+# last token (the preflight's echo check finds this and picks it; the dry run shows it)
+LM_EVAL_MODEL = ECHO_MODEL
 # lm-eval keeps log-likelihood inputs to max_length - 1 tokens and the server adds BOS and generates one token:
 # 2047 + 1 + 1 tokens would exceed n_ctx (HTTP 400 context_length_exceeded), so one less than n_ctx.
 MAX_LENGTH = N_CTX - 1

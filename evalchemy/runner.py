@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from evalchemy import collect, endpoint as endpoint_mod, local_model
+from evalchemy import collect, echo, endpoint as endpoint_mod, local_model
 from evalchemy.config import Config
 from evalchemy.data import check_plan_data
 from evalchemy.errors import (
@@ -150,6 +150,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
         format_model_args(settings.model_args())
     except UsageError as err:  # e.g. a comma in the model folder the server reports
         raise PreflightError(str(err)) from None
+    if plan.needs_loglikelihood:
+        settings = echo.check(settings, api_key)
     return Preflight(endpoint=ep, model=model["id"], tokenizer=tokenizer, model_settings=settings)
 
 

@@ -23,6 +23,8 @@ import time
 import traceback
 from pathlib import Path
 
+from evalchemy.echo import ECHO_MODEL
+
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
 
 
@@ -115,6 +117,8 @@ class Worker:
 
         started = time.monotonic()
         kwargs = dict(job["kwargs"])
+        if kwargs.get("model") == ECHO_MODEL:
+            import evalchemy.echo_lm_eval  # noqa: F401 - registers the model in lm-eval's registry
         tracker = EvaluationTracker(output_path=job["output_path"])
         results = lm_eval.simple_evaluate(
             **kwargs,
