@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 ECHO_MODEL = "evalchemy-completions"  # lm-eval model: local-completions that reads echoes with prompt_entries
 PROBE_TEXT = "Question: What is the capital of France?\nAnswer: Paris"
 FORCE_BIAS = 100  # the largest logit bias the OpenAI API allows
+CHECK_REQUESTS = 2  # what the check sends to a server that echoes as vLLM does (one where the first answer tells: 1)
 
 
 class EchoShapeError(ValueError):
