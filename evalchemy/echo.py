@@ -7,8 +7,8 @@ llama.cpp's server (``--endpoint local``) does not: when the model's most likely
 answers ``finish_reason: "stop"`` with no generated entry, so ``[ctxlen:-1]`` drops the answer's own last token; and
 without a BOS token every entry is shifted by one, the generated one missing.
 
-``check`` sends one or two tiny log-likelihood requests shaped as lm-eval's: one as is, and one with ``logit_bias``
-making end-of-text the generated token. The echo must hold one entry per prompt token plus the generated one, or
+``check`` sends one or two tiny log-likelihood requests shaped as lm-eval's: one whose ``logit_bias`` forbids the
+special tokens (so an ordinary token is generated), one whose ``logit_bias`` makes end-of-text the generated token. The echo must hold one entry per prompt token plus the generated one, or
 (only after end-of-text, ``finish_reason: "stop"``) the prompt's entries alone; the second shape switches the run to
 ``ECHO_MODEL``, lm-eval's ``local-completions`` reading each echo with ``prompt_entries`` (evalchemy/echo_lm_eval.py,
 registered in the worker). Anything else is a PreflightError naming the check. A server that cannot answer the check
@@ -58,18 +58,25 @@ def prompt_entries(choice: dict, n_prompt: int) -> tuple[list, list]:
 
 @dataclass(frozen=True)
 class EchoShape:
-    """What the check found: ``generated`` entries after the prompt in each answer (None: not checked)."""
+    """What the check found: entries after the prompt's in each answer (None: not asked)."""
 
-    plain: int | None
-    end_of_text: int | None
+    other_token: int | None  # special tokens forbidden: an ordinary token is generated
+    end_of_text: int | None  # end-of-text forced
 
     @property
     def omits_end_of_text(self) -> bool:
-        return 0 in (self.plain, self.end_of_text)
+        return 0 in (self.other_token, self.end_of_text)
 
 
-def _tokenizer(path: str):
-    """(encode, eos id) for the tokenizer folder or Hugging Face cache id lm-eval will load."""
+@dataclass(frozen=True)
+class _Tokenizer:
+    encode: object  # str -> list[int], as lm-eval encodes (no special tokens added)
+    eos: int | None
+    specials: tuple[int, ...]  # the special tokens' ids (end-of-text among them)
+
+
+def _tokenizer(path: str) -> _Tokenizer:
+    """The tokenizer lm-eval will load: a folder, or a Hugging Face cache id (then through transformers)."""
     folder = Path(path)
     if (folder / "tokenizer.json").is_file():  # the fast path: no transformers import in the runner
         from tokenizers import Tokenizer
@@ -80,12 +87,14 @@ def _tokenizer(path: str):
         if config.is_file():
             eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
             eos = eos.get("content") if isinstance(eos, dict) else eos
-        return (lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
-                tokenizer.token_to_id(eos) if isinstance(eos, str) else None)
+        specials = tuple(sorted(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special))
+        return _Tokenizer(lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+                          tokenizer.token_to_id(eos) if isinstance(eos, str) else None, specials)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return (lambda text: tokenizer(text, add_special_tokens=False).input_ids, tokenizer.eos_token_id)
+    return _Tokenizer(lambda text: tokenizer(text, add_special_tokens=False).input_ids, tokenizer.eos_token_id,
+                      tuple(sorted(set(tokenizer.all_special_ids))))
 
 
 def _post(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
@@ -115,24 +124,32 @@ def _generated(answer: dict, n_prompt: int, what: str) -> int:
 def check(settings, api_key: str | None = None):
     """The echo check of the endpoint in ``settings`` (plan.ModelSettings): the same settings when the server echoes
     as vLLM does, with ``lm_eval_model=ECHO_MODEL`` when its echo omits an end-of-text token, PreflightError when
-    the echo does not line up with the tokens. Needs a local tokenizer (``settings.tokenizer``)."""
+    the echo does not line up with the tokens. Needs a local tokenizer (``settings.tokenizer``).
+
+    First request: special tokens forbidden (``logit_bias`` -100), so an ordinary token is generated and a missing
+    entry means a shifted echo. Second, unless the first answer already ended without its generated entry:
+    end-of-text forced (+100). A server that ignores ``logit_bias`` is checked as far as its answers tell."""
     if settings.tokenizer_backend != "huggingface" or not settings.tokenizer:
         logger.warning("echo check skipped: it needs a local tokenizer (pass --tokenizer); multiple-choice scores "
                        "assume the server echoes as vLLM does")
         return settings
-    encode, eos = _tokenizer(settings.tokenizer)
-    ids = encode(PROBE_TEXT)
+    tokenizer = _tokenizer(settings.tokenizer)
+    ids = tokenizer.encode(PROBE_TEXT)
     body = {"model": settings.model, "prompt": ids if settings.tokenized_requests else PROBE_TEXT, "temperature": 0,
             "max_tokens": 1, "logprobs": 1, "seed": 1234, "echo": True}
-    forced = None if eos is None else {**body, "logit_bias": {str(eos): FORCE_BIAS}}
+
+    def ask(bias: dict[int, int], what: str) -> int:
+        answer = _post(settings.base_url, {**body, "logit_bias": {str(i): b for i, b in bias.items()}} if bias
+                       else body, api_key, settings.timeout)
+        return _generated(answer, len(ids), what)
+
     shape = EchoShape(None, None)
     try:
-        shape = replace(shape, plain=_generated(_post(settings.base_url, body, api_key, settings.timeout), len(ids),
-                                                "a log-likelihood request"))
-        if forced is not None and not shape.omits_end_of_text:
-            shape = replace(shape, end_of_text=_generated(_post(settings.base_url, forced, api_key,
-                                                                settings.timeout), len(ids),
-                                                          "a log-likelihood request ending in end-of-text"))
+        shape = replace(shape, other_token=ask({i: -FORCE_BIAS for i in tokenizer.specials},
+                                               "a log-likelihood request"))
+        if tokenizer.eos is not None and not shape.omits_end_of_text:
+            shape = replace(shape, end_of_text=ask({tokenizer.eos: FORCE_BIAS},
+                                                   "a log-likelihood request ending in end-of-text"))
     except (OSError, ValueError, AttributeError, TypeError, IndexError) as err:
         reason = (f"HTTP {err.code}" if isinstance(err, urllib.error.HTTPError) else str(err)
                   if isinstance(err, EchoShapeError) else "the answer is not JSON" if isinstance(err, ValueError)

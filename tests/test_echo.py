@@ -29,8 +29,8 @@ def _probe_ids(srv: TestServer) -> list[int]:
 
 
 def test_vllm_shape_keeps_local_completions(tokenizer_dir, caplog):
-    """A server that echoes the generated end-of-text token (vLLM's shape): the settings are unchanged, after one
-    request as lm-eval sends it and one whose logit_bias makes end-of-text the generated token."""
+    """A server that echoes the generated end-of-text token (vLLM's shape): the settings are unchanged, after two
+    requests shaped as lm-eval's: one whose logit_bias forbids the special tokens, one that forces end-of-text."""
     caplog.set_level(logging.INFO, logger="evalchemy.echo")
     with TestServer(tokenizer_dir, "test-model") as srv:
         settings = _settings(srv, tokenizer_dir)
@@ -38,7 +38,9 @@ def test_vllm_shape_keeps_local_completions(tokenizer_dir, caplog):
     ids = _probe_ids(srv)
     plain = {"model": "test-model", "prompt": ids, "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234,
              "echo": True}
-    assert srv.requests == [plain, {**plain, "logit_bias": {"2": 100}}]  # </s> is the tokenizer's end-of-text
+    # [UNK] <s> </s> are the special tokens, </s> the end-of-text
+    assert srv.requests == [{**plain, "logit_bias": {"0": -100, "1": -100, "2": -100}},
+                            {**plain, "logit_bias": {"2": 100}}]
     assert settings.lm_eval_model == LM_EVAL_MODEL == "local-completions"
     assert caplog.messages == ["echo check: one entry per prompt token plus the generated one, end-of-text included"]
 

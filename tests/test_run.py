@@ -163,7 +163,8 @@ def test_full_run_through_the_entrypoint(assets, server, write_config, tmp_path)
 
     _golden_summary(summary, tmp_path, server.port, assets)
     # the preflight's echo check sent the first requests, the benchmarks the others
-    assert [r.get("logit_bias") for r in server.requests[:CHECK_REQUESTS]] == [None, {"2": 100}]
+    assert [r.get("logit_bias") for r in server.requests[:CHECK_REQUESTS]] == [{"0": -100, "1": -100, "2": -100},
+                                                                               {"2": 100}]
     assert sum(b["requests"]["sent"] for b in summary["benchmarks"].values()) == len(server.requests) - CHECK_REQUESTS
 
     results = json.loads((run_dir / "kmmlu_domain_results.json").read_text(encoding="utf-8"))
