@@ -7,7 +7,8 @@ three once (``python -m evalchemy.local_model build-tokenizer`` and ``verify`` a
 What this server needs from lm-eval, unlike vLLM (see ``lm_eval_model_args``): one string prompt per request
 (``tokenized_requests=False``, batch size 1, one request in flight), the tokenizer built here, and
 ``tokenizer.ggml.add_bos_token=true`` so that echoed log-probabilities line up with the tokens (without it the echo
-loses the answer's token and lm-eval silently scores one-token answers as 0).
+loses the answer's token and lm-eval silently scores one-token answers as 0), and lm-eval model ``LM_EVAL_MODEL``:
+when the model's next token is end-of-text this server echoes no generated token (see evalchemy/echo.py).
 """
 
 from __future__ import annotations
