@@ -116,3 +116,17 @@ def test_prompt_entries_reads_both_shapes():
     with pytest.raises(echo.EchoShapeError, match=r"^the server echoed 4 log-probabilities for a prompt of 4 tokens "
                                                   r"\(finish_reason 'length'\)"):
         echo.prompt_entries({"logprobs": logprobs, "finish_reason": "length"}, 4)
+
+
+def test_a_tokenizer_that_does_not_load_skips_the_check(tmp_path, caplog):
+    """A tokenizer folder whose tokenizer.json does not load: no request, a warning, the settings unchanged (lm-eval
+    loads the same tokenizer and the benchmark reports it)."""
+    broken = tmp_path / "tokenizer"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{}", encoding="utf-8")
+    with TestServer(build_test_tokenizer(tmp_path / "good", TEXTS), "test-model") as srv:
+        settings = _settings(srv, broken)
+        assert echo.check(settings) is settings
+    assert srv.requests == []
+    [message] = caplog.messages
+    assert message.startswith(f"echo check skipped: the tokenizer {broken} did not load (Exception: ")
