@@ -8,10 +8,11 @@ answers ``finish_reason: "stop"`` with no generated entry, so ``[ctxlen:-1]`` dr
 without a BOS token every entry is shifted by one, the generated one missing.
 
 ``check`` sends one or two tiny log-likelihood requests shaped as lm-eval's: one whose ``logit_bias`` forbids the
-special tokens (so an ordinary token is generated), one whose ``logit_bias`` makes end-of-text the generated token. The echo must hold one entry per prompt token plus the generated one, or
-(only after end-of-text, ``finish_reason: "stop"``) the prompt's entries alone; the second shape switches the run to
-``ECHO_MODEL``, lm-eval's ``local-completions`` reading each echo with ``prompt_entries`` (evalchemy/echo_lm_eval.py,
-registered in the worker). Anything else is a PreflightError naming the check. A server that cannot answer the check
+special tokens (so an ordinary token is generated), one whose ``logit_bias`` makes end-of-text the generated token.
+The echo must hold one entry per prompt token plus the generated one, or (only after end-of-text, ``finish_reason:
+"stop"``) the prompt's entries alone; the second shape switches the run to ``ECHO_MODEL``, lm-eval's
+``local-completions`` reading each echo with ``prompt_entries`` (evalchemy/echo_lm_eval.py, registered in the
+worker). Anything else is a PreflightError naming the check. A server that cannot answer the check
 (an HTTP error, no log-probabilities) is left to lm-eval's own requests, with their retries, to report.
 """
 
