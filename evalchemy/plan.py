@@ -41,6 +41,7 @@ class ModelSettings:
     timeout: int = DEFAULT_REQUEST_TIMEOUT_S
     max_length: int = DEFAULT_MAX_LENGTH
     single_stream: bool = False  # the server takes one request at a time (the embedded model): no task overrides it
+    lm_eval_model: str = LM_EVAL_MODEL  # echo.ECHO_MODEL when the server's echo omits end-of-text (echo.check)
 
     def for_run(self, run: TaskRun) -> ModelSettings:
         """These settings with the task entry's own concurrency, if it has one."""
@@ -260,7 +261,7 @@ def format_model_args(args: dict) -> str:
 def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str, use_cache: str | None = None) -> list[str]:
     """The ``lm_eval run`` command line equivalent to what the worker runs for ``run``. It holds no secret: the
     endpoint URL carries no credentials (refused at --endpoint) and the API key stays in the environment."""
-    argv = ["lm_eval", "run", "--model", LM_EVAL_MODEL,
+    argv = ["lm_eval", "run", "--model", model.lm_eval_model,
             "--model_args", format_model_args(model.for_run(run).model_args()),
             "--tasks", ",".join(run.tasks), "--batch_size", str(run.batch_size)]
     if run.num_fewshot is not None:
@@ -288,6 +289,8 @@ def request_cache_key(model: ModelSettings) -> str:
 
     identity = "|".join(str(x) for x in (model.base_url, model.model, model.tokenizer_backend,
                                           model.tokenized_requests, model.max_length))
+    if model.lm_eval_model != LM_EVAL_MODEL:  # it reads answers differently: its cached scores are its own
+        identity += f"|{model.lm_eval_model}"
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
@@ -295,7 +298,7 @@ def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings, use_cache: str | 
     """Keyword arguments for ``lm_eval.simple_evaluate`` (without the TaskManager, which the worker builds)."""
     return {
         "use_cache": use_cache,
-        "model": LM_EVAL_MODEL,
+        "model": model.lm_eval_model,
         "model_args": model.for_run(run).model_args(),
         "tasks": list(run.tasks),
         "num_fewshot": run.num_fewshot,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from evalchemy.backends import echo_check as echo
 from evalchemy.testing.server import TestServer
 from tests import taskdata
 from tests.conftest import PROJECT
@@ -36,8 +37,9 @@ def _summary(out: Path, run_id: str) -> dict:
 
 def test_transient_500s_are_retried_and_counted(assets, write_config, tmp_path):
     """Three 500s then answers: lm-eval retries, the benchmark succeeds with the right score, and the summary
-    counts every attempt sent and the three that failed."""
-    with TestServer(assets["tokenizer"], "test-model", fail_first=3, answers={"favoured": sorted(FAVOURED)}) as srv:
+    counts every attempt sent and the three that failed (a first 500 leaves the preflight's echo check unfinished)."""
+    with TestServer(assets["tokenizer"], "test-model", fail_first=1 + 3,
+                    answers={"favoured": sorted(FAVOURED)}) as srv:
         done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets)
         sent = len(srv.requests)
     assert done.returncode == 0, done.stderr
@@ -46,7 +48,33 @@ def test_transient_500s_are_retried_and_counted(assets, write_config, tmp_path):
     assert bench["metrics"]["demo_capitals"]["acc"]["value"] == pytest.approx(expected_capitals())
     assert bench["requests"] == {"sent": N_CAPITALS + 3, "failed_attempts": 3, "empty_answers": 0,
                                  "truncated_prompts": 0}
-    assert sent == N_CAPITALS + 3
+    assert sent == 1 + N_CAPITALS + 3
+
+
+def test_echo_without_generated_token_is_found_by_preflight_and_scored_right(assets, write_config, tmp_path):
+    """A server that echoes no generated token after end-of-text (llama.cpp's): the preflight's echo check finds it
+    (one request), the run uses the model that reads the prompt's own entries, and every answer's log-likelihood
+    is the rule's (lm-eval's own [ctxlen:-1] would read each one-word answer as 0)."""
+    config = write_config({"benchmarks": {"capitals": {"enabled": True, "tasks": ["capitals"]}},
+                           "tasks": {"capitals": {"enabled": True, "tasks": ["demo_capitals"], "log_samples": True}}})
+    with TestServer(assets["tokenizer"], "test-model", echo_without_generated=True,
+                    answers={"favoured": sorted(FAVOURED)}) as srv:
+        done = _run(srv.base_url, config, tmp_path / "o", "r", assets)
+        probes = [r for r in srv.requests if r["prompt"] == srv.encode(echo.PROBE_TEXT)]
+    assert done.returncode == 0, done.stderr
+    bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
+    assert bench["status"] == "success"
+    assert bench["metrics"]["demo_capitals"]["acc"]["value"] == pytest.approx(expected_capitals())
+    [samples] = (tmp_path / "o" / "r").rglob("samples_demo_capitals_*.jsonl")
+    scores = [[float(score) for score, _ in json.loads(line)["filtered_resps"]]
+              for line in samples.read_text(encoding="utf-8").splitlines()]
+    by_question = {q: c for q, c, _ in taskdata.CAPITALS}
+    questions = [json.loads(line)["doc"]["question"] for line in samples.read_text(encoding="utf-8").splitlines()]
+    assert scores == [[pytest.approx(-0.1 if w in FAVOURED else -2.0) for w in by_question[q]] for q in questions]
+    assert bench["runs"][0]["lm_eval_command"].startswith("lm_eval run --model evalchemy-echo-completions --model_args ")
+    assert len(probes) == 1 and len(srv.requests) == N_CAPITALS + 1
+    log = (tmp_path / "o" / "r" / "evalchemy_r.log").read_text(encoding="utf-8")
+    assert "echo check: the server echoes no generated token after end-of-text" in log
 
 
 @pytest.mark.parametrize("fault", ["malformed", "no_logprobs"])
@@ -137,8 +165,8 @@ def test_server_dying_mid_benchmark_then_coming_back(assets, write_config, tmp_p
         server.wait()
     assert first.returncode == 4, first.stderr
     assert _summary(tmp_path / "o", "night")["benchmarks"]["capitals"]["status"] == "failed"
-    answered = 10
-    assert len(_logged_requests(tmp_path)) >= answered
+    answered = 10 - echo.CHECK_REQUESTS  # the preflight's echo check had the first answers
+    assert len(_logged_requests(tmp_path)) >= 10
     before = len(_logged_requests(tmp_path))
 
     server = _start_server_process(assets, tmp_path, port)
@@ -151,7 +179,7 @@ def test_server_dying_mid_benchmark_then_coming_back(assets, write_config, tmp_p
     bench = _summary(tmp_path / "o", "night")["benchmarks"]["capitals"]
     assert bench["status"] == "success"
     assert bench["metrics"]["demo_capitals"]["acc"]["value"] == pytest.approx(expected_capitals())
-    assert len(_logged_requests(tmp_path)) - before == N_CAPITALS - answered
+    assert len(_logged_requests(tmp_path)) - before == echo.CHECK_REQUESTS + N_CAPITALS - answered
 
 
 def test_kill_9_then_rerun(assets, write_config, tmp_path):
@@ -186,7 +214,9 @@ def test_kill_9_then_rerun(assets, write_config, tmp_path):
         server.wait(timeout=10)
     assert rerun.returncode == 0, rerun.stderr
     after = _logged_requests(tmp_path)
-    assert len(after) - len(before) <= N_CAPITALS - len(before) + 1  # at most the one in flight at the kill
+    # the echo check again, then at most the one in flight at the kill
+    answered = len(before) - echo.CHECK_REQUESTS
+    assert len(after) - len(before) <= echo.CHECK_REQUESTS + N_CAPITALS - answered + 1
     bench = _summary(tmp_path / "o", "k9")["benchmarks"]["capitals"]
     assert bench["metrics"]["demo_capitals"]["acc"]["value"] == pytest.approx(expected_capitals())
 

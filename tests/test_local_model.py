@@ -14,15 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from evalchemy.backends import echo_check as echo
 from evalchemy.backends import llamacpp as local_model
 from evalchemy.errors import PreflightError
 from evalchemy.backends.llamacpp import MODEL_ID, LocalServer
+from evalchemy.plan import ModelSettings
 from tests.conftest import PROJECT
 
 pytestmark = pytest.mark.real_model
 
 DEMO = PROJECT / "tasks" / "demo" / "data"
 SETUP = "scripts/setup.sh --local-model"
+# the server's log-probabilities (float32 log-softmax) against the ones computed here in float64 from the same
+# llama.cpp logits: measured at most 7e-7 per token; an answer sums a few tokens
+TOLERANCE = 1e-4
+FISH = {"question": "Where do fish live?", "choices": ["in the sky", "in the sea", "in a tree", "in the desert"]}
 _direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -55,6 +61,36 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(local_model.tokenizer_dir()))
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """The model in this process, with the logits at every position (not through any server's echo)."""
+    import llama_cpp
+
+    return llama_cpp.Llama(str(local_model.model_file()), logits_all=True, n_ctx=512, n_threads=local_model.N_THREADS,
+                           verbose=False)
+
+
+def _token_logprobs(reference, ids: list[int]) -> list[float]:
+    """log P(ids[i] | BOS, ids[:i]) for every i, from the log-softmax of the model's logits at each position."""
+    import numpy as np
+
+    tokens = [reference.token_bos(), *ids]
+    reference.reset()
+    reference.eval(tokens)
+    logits = np.array(reference.scores[:len(tokens)], dtype=np.float64)  # row j: the next token after tokens[:j+1]
+    top = logits.max(axis=1, keepdims=True)
+    logsoftmax = logits - top - np.log(np.exp(logits - top).sum(axis=1, keepdims=True))
+    return [float(logsoftmax[j - 1, tokens[j]]) for j in range(1, len(tokens))]
+
+
+def _loglikelihoods(reference, tokenizer, context: str, choices: list[str]) -> list[float]:
+    """Each choice's log-likelihood after ``context`` (lm-eval's " " delimiter), summed over its tokens as lm-eval
+    splits them: the context's tokens, then the rest of the whole text's."""
+    ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
+    return [sum(_token_logprobs(reference, tokenizer.encode(f"{context} {choice}", add_special_tokens=False))[ctxlen:])
+            for choice in choices]
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +224,15 @@ def test_not_ready_in_time_is_an_error_and_stops_the_server(tmp_path):
     assert server.pid is not None and _gone(server.pid)
 
 
-def test_bos_override_aligns_echoed_logprobs(tmp_path, tokenizer, server):
-    """With the BOS override llama.cpp tokenizes BOS + the tokenizer's ids and echoes one entry per prompt token plus
-    the generated one, so lm-eval's [ctxlen:-1] slice holds the answer; without it (broken_bos) the echo is one
-    entry short, the answer's log-probability is missing and lm-eval would score it 0."""
+def _check_settings(server: LocalServer) -> ModelSettings:
+    return ModelSettings(base_url=server.completions_url, model=MODEL_ID, tokenizer=str(local_model.tokenizer_dir()),
+                         tokenized_requests=local_model.TOKENIZED_REQUESTS)
+
+
+def test_bos_override_aligns_echoed_logprobs(tmp_path, tokenizer, server, reference):
+    """With the BOS override llama.cpp tokenizes BOS + the tokenizer's ids and echoes one entry per prompt token (the
+    model's own log-probabilities) plus the generated one; without it (broken_bos) the echo is one entry short and
+    shifted, lm-eval would score the answer 0, and the preflight's echo check stops the run naming the cause."""
     context, answer = "Question: What do bees make?\nAnswer:", " honey"
     ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
     ids = tokenizer.encode(context + answer, add_special_tokens=False)
@@ -202,19 +243,48 @@ def test_bos_override_aligns_echoed_logprobs(tmp_path, tokenizer, server):
     assert good["tokens"][:-1] == [tokenizer.decode([i]) for i in ids]  # BOS is not echoed
     assert len(good["token_logprobs"]) == len(ids) + 1
     assert len(good["token_logprobs"][ctxlen:-1]) == 1 and good["token_logprobs"][ctxlen] < 0
+    assert good["token_logprobs"][1:len(ids)] == pytest.approx(_token_logprobs(reference, ids)[1:], abs=TOLERANCE)
 
     with LocalServer(tmp_path / "broken.log", broken_bos=True) as broken_server:
         assert local_model.server_tokens(broken_server, context + answer) == ids  # no BOS
         broken = _echo(broken_server, context + answer)
+        with pytest.raises(PreflightError) as err:
+            echo.check(_check_settings(broken_server))
+    n = len(tokenizer.encode(echo.PROBE_TEXT, add_special_tokens=False))
+    assert str(err.value) == (
+        f"echo check (a log-likelihood request): the server echoed {n} log-probabilities for a prompt of {n} tokens "
+        "(finish_reason 'length'); expected one per prompt token and one for the generated token: the "
+        "log-probabilities are shifted by one token (a llama.cpp server that adds no BOS token: start it with "
+        "--kv_overrides tokenizer.ggml.add_bos_token=bool:true); multiple-choice scores would be wrong")
     assert broken["tokens"] == [tokenizer.decode([i]) for i in ids]  # the generated token is missing
     assert broken["token_logprobs"][ctxlen:-1] == []
     # and what is there is shifted: no prompt token keeps its log-probability
     assert all(abs(a - b) > 1e-3 for a, b in zip(good["token_logprobs"][1:len(ids)], broken["token_logprobs"][1:]))
 
 
-def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokenizer, server):
-    """lm-eval's simple_evaluate with lm_eval_model_args(): multiple-choice acc equals the accuracy computed here from
-    the server's raw log-probabilities (English and Korean), and generation exact match equals the server's answers."""
+def test_echo_after_end_of_text_has_no_generated_token(tokenizer, server, reference):
+    """When the model's next token is end-of-text (after " in the sky" for the fish question) the server echoes the
+    prompt's entries only (finish_reason stop, completion_tokens 0): lm-eval's [ctxlen:-1] would drop " sky". The
+    entries are the model's own; the echo check finds this shape and picks the model that reads them."""
+    context = "Question: Where do fish live?\nAnswer:"
+    ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
+    ids = tokenizer.encode(f"{context} in the sky", add_special_tokens=False)
+    answer = _complete(server, {"prompt": f"{context} in the sky", "echo": True, "logprobs": 1, "max_tokens": 1,
+                                "temperature": 0})
+    [choice] = answer["choices"]
+    assert (choice["finish_reason"], answer["usage"]["completion_tokens"]) == ("stop", 0)
+    assert choice["logprobs"]["tokens"] == [tokenizer.decode([i]) for i in ids]
+    own = _token_logprobs(reference, ids)
+    assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(own[1:], abs=TOLERANCE)
+    assert sum(choice["logprobs"]["token_logprobs"][ctxlen:]) == pytest.approx(sum(own[ctxlen:]), abs=TOLERANCE)
+    assert sum(choice["logprobs"]["token_logprobs"][ctxlen:-1]) > sum(own[ctxlen:]) + 1  # what [ctxlen:-1] reads
+    assert echo.check(_check_settings(server)).lm_eval_model == echo.ECHO_MODEL == local_model.LM_EVAL_MODEL
+
+
+def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokenizer, server, reference):
+    """lm-eval's simple_evaluate with the embedded server's model and lm_eval_model_args(): multiple-choice acc
+    equals the accuracy computed here from the model's own logits (English and Korean), and generation exact match
+    equals the server's answers."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -246,12 +316,14 @@ def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokeni
         "      - function: take_first\n"
         "metric_list:\n  - metric: exact_match\n    ignore_case: true\n    ignore_punctuation: true\n", "utf-8")
 
+    import evalchemy.engines.lm_eval.echo_model  # noqa: F401 - registers echo.ECHO_MODEL
+
     args = ",".join(f"{k}={v}" for k, v in server.lm_eval_model_args().items())
-    results = simple_evaluate(model="local-completions", model_args=args, tasks=["tiny_mc", "tiny_gen"],
+    results = simple_evaluate(model=local_model.LM_EVAL_MODEL, model_args=args, tasks=["tiny_mc", "tiny_gen"],
                               batch_size=local_model.BATCH_SIZE,
                               task_manager=TaskManager(include_path=str(tasks), include_defaults=False))["results"]
 
-    correct = _mc_correct(server, tokenizer, mc_rows)
+    correct = _mc_correct(reference, tokenizer, mc_rows)
     assert 0 < correct  # (2 of 3 when written)
     assert results["tiny_mc"]["acc,none"] == pytest.approx(correct / len(mc_rows))
 
@@ -264,15 +336,14 @@ def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokeni
     assert results["tiny_gen"]["exact_match,strip"] == pytest.approx(matched / len(gen_rows))
 
 
-def _mc_correct(server, tokenizer, rows: list[dict]) -> int:
-    """Questions the model gets right by its own log-probabilities: each choice scores the sum over its tokens
-    (the echo's last token is the generated one), the first maximum wins."""
+def _mc_correct(reference, tokenizer, rows: list[dict], context=lambda row: f"Question: {row['question']}\nAnswer:",
+                choices=lambda row: row["choices"], answer=lambda row: row["answer"]) -> int:
+    """Questions the model gets right by its own log-likelihoods, computed in this process from its logits: each
+    choice scores the sum over its tokens, the first maximum wins (lm-eval's argmax)."""
     correct = 0
     for row in rows:
-        context = f"Question: {row['question']}\nAnswer:"
-        ctxlen = len(tokenizer.encode(context, add_special_tokens=False))
-        scores = [sum(_echo(server, f"{context} {choice}")["token_logprobs"][ctxlen:-1]) for choice in row["choices"]]
-        correct += scores.index(max(scores)) == row["answer"]
+        scores = _loglikelihoods(reference, tokenizer, context(row), choices(row))
+        correct += scores.index(max(scores)) == answer(row)
     return correct
 
 
@@ -290,15 +361,56 @@ def _run_demo(tmp_path, benchmarks: set[str], *extra: str) -> dict:
     return json.loads((tmp_path / "out" / "real" / "evalchemy_summary_real.json").read_text(encoding="utf-8"))
 
 
-def test_multiple_choice_scores_equal_the_models_own_answers(tmp_path, tokenizer, server):
-    """English multiple choice through the runner: acc equals the accuracy computed here from the server's raw
-    log-probabilities (sum over each choice's tokens, first maximum wins)."""
-    summary = _run_demo(tmp_path, {"english_mc"})
+def test_multiple_choice_scores_equal_the_models_own_answers(tmp_path, tokenizer, reference):
+    """English and Korean (KMMLU-format) multiple choice through the runner: acc equals the accuracy computed here
+    from the model's own logits (sum over each choice's tokens, first maximum wins)."""
+    summary = _run_demo(tmp_path, {"english_mc", "kmmlu_domain"})
     rows = [json.loads(line) for line in (DEMO / "en_mc.jsonl").read_text().splitlines()]
-    correct = _mc_correct(server, tokenizer, rows)
+    correct = _mc_correct(reference, tokenizer, rows)
     measured = summary["benchmarks"]["english_mc"]["metrics"]["demo_en_mc"]["acc"]["value"]
     assert measured == pytest.approx(correct / len(rows))
+    for subject in ("insurance", "finance"):
+        rows = [json.loads(line) for line in (DEMO / f"kmmlu_{subject}.jsonl").read_text().splitlines()]
+        correct = _mc_correct(reference, tokenizer, rows, choices=lambda row: ["A", "B", "C", "D"],
+                              context=lambda r: f"{r['question'].strip()}\nA. {r['A']}\nB. {r['B']}\nC. {r['C']}\n"
+                                                f"D. {r['D']}\n정답：", answer=lambda row: row["answer"] - 1)
+        measured = summary["benchmarks"]["kmmlu_domain"]["metrics"][f"demo_kmmlu_{subject}"]["acc"]["value"]
+        assert measured == pytest.approx(correct / len(rows)), subject
     assert summary["endpoint"] == "local" and summary["model"] == MODEL_ID
+
+
+def test_fish_question_scores_the_models_own_answer(tmp_path, tokenizer, reference):
+    """The fish question, whose answers the model would end with end-of-text: through --endpoint local the
+    summary's accuracy is the one computed here from the model's logits ("in the sea"), and each choice's
+    log-likelihood in the samples file is the model's own, the answer's last token included."""
+    expected = _loglikelihoods(reference, tokenizer, "Question: Where do fish live?\nAnswer:", FISH["choices"])
+    answer = expected.index(max(expected))
+    assert FISH["choices"][answer] == "in the sea"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "fish.jsonl").write_text(json.dumps({**FISH, "answer": 1}) + "\n", "utf-8")
+    (tasks / "fish.yaml").write_text(
+        "task: fish\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tasks / 'fish.jsonl'}\n"
+        "output_type: multiple_choice\ntest_split: test\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+        "metric_list:\n  - metric: acc\n", "utf-8")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"benchmarks": {"fish": {"enabled": True, "tasks": ["fish_entry"]}},
+                                  "tasks": {"fish_entry": {"enabled": True, "tasks": ["fish"], "log_samples": True}}}))
+    out = tmp_path / "out"
+    done = subprocess.run([str(PROJECT / "run_evalchemy.sh"), "--endpoint", "local", "--config", str(config),
+                           "--include-path", str(tasks), "--output", str(out), "--run-id", "fish"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ,
+                                                                                           "EVALCHEMY_HOME": ""})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "fish" / "evalchemy_summary_fish.json").read_text(encoding="utf-8"))
+    bench = summary["benchmarks"]["fish"]
+    assert bench["metrics"]["fish"]["acc"]["value"] == float(answer == 1) == 1.0
+    assert bench["runs"][0]["lm_eval_command"].startswith("lm_eval run --model evalchemy-echo-completions ")
+    [samples] = (out / "fish").rglob("samples_fish_*.jsonl")
+    [sample] = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    assert [float(score) for score, _ in sample["filtered_resps"]] == pytest.approx(expected, abs=TOLERANCE)
 
 
 def test_generation_scores_equal_the_models_own_answers(tmp_path, server):

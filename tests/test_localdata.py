@@ -14,6 +14,7 @@ from jsonschema import Draft202012Validator
 from evalchemy.datasets import local as localdata
 from evalchemy.config.model import load_schema
 from evalchemy.testing.server import TestServer, build_test_tokenizer, prompt_count
+from evalchemy.backends.echo_check import CHECK_REQUESTS, PROBE_TEXT
 from tests import taskdata
 from tests.conftest import PROJECT
 
@@ -33,8 +34,10 @@ def server(tokenizer):
 
 
 def prompts_sent(server, since: int = 0) -> int:
-    """Prompts in the completions requests the server received (a request may carry several)."""
-    return sum(prompt_count(r) for r in server.requests[since:])
+    """Prompts in the completions requests a run that began at request ``since`` sent after the preflight's echo
+    check (a request may carry several)."""
+    assert all(r["prompt"] == server.encode(PROBE_TEXT) for r in server.requests[since:since + CHECK_REQUESTS])
+    return sum(prompt_count(r) for r in server.requests[since + CHECK_REQUESTS:])
 
 
 def requests_for(*questions: int, batch: int = 8) -> int:

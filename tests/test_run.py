@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator
 
 from evalchemy.config.model import load_schema
 from evalchemy.testing.server import TestServer, build_test_tokenizer
+from evalchemy.backends.echo_check import CHECK_REQUESTS
 from tests import taskdata
 from tests.conftest import PROJECT
 
@@ -161,7 +162,10 @@ def test_full_run_through_the_entrypoint(assets, server, write_config, tmp_path)
     assert echo["metrics"]["demo_echo"]["exact_match,strip"]["value"] == pytest.approx(expected_echo())
 
     _golden_summary(summary, tmp_path, server.port, assets)
-    assert sum(b["requests"]["sent"] for b in summary["benchmarks"].values()) == len(server.requests)
+    # the preflight's echo check sent the first requests, the benchmarks the others
+    assert [r.get("logit_bias") for r in server.requests[:CHECK_REQUESTS]] == [{"0": -100, "1": -100, "2": -100},
+                                                                               {"2": 100}]
+    assert sum(b["requests"]["sent"] for b in summary["benchmarks"].values()) == len(server.requests) - CHECK_REQUESTS
 
     results = json.loads((run_dir / "kmmlu_domain_results.json").read_text(encoding="utf-8"))
     assert set(results["results"]) == {"demo_kmmlu_insurance", "demo_kmmlu_finance"}
@@ -213,7 +217,7 @@ def test_task_timeout_is_recorded_and_the_run_goes_on(assets, write_config, tmp_
                        "echo": {"enabled": True, "tasks": ["demo_echo"]}},
         "tasks": {"slow": {"enabled": True, "tasks": ["demo_capitals"], "timeout": 8, "priority": "high"}},
     })
-    with TestServer(assets["tokenizer"], "test-model", hang=30) as srv:
+    with TestServer(assets["tokenizer"], "test-model", hang=30, hang_after=CHECK_REQUESTS) as srv:
         started = time.monotonic()
         done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / "o"),
                        "--run-id", "t", "--include-path", str(assets["tasks_dir"]), "--request-timeout", "60")
@@ -389,15 +393,16 @@ def test_signal_stops_the_run_cleanly(assets, write_config, tmp_path, sig, code)
         "tasks": {"slow": {"enabled": True, "tasks": ["demo_capitals"], "priority": "low"}},
     })
     out = tmp_path / "o"
-    with TestServer(assets["tokenizer"], "test-model", hang=60, answers={"generations": GENERATIONS}) as srv:
+    with TestServer(assets["tokenizer"], "test-model", hang=60, hang_after=CHECK_REQUESTS,
+                    answers={"generations": GENERATIONS}) as srv:
         proc = subprocess.Popen([str(PROJECT / "run_evalchemy.sh"), "--endpoint", srv.base_url, "--config",
                                  str(config), "--output", str(out), "--run-id", "sig", "--include-path",
                                  str(assets["tasks_dir"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         deadline = time.monotonic() + 60
-        while len(srv.requests) == 0 and time.monotonic() < deadline:
+        while len(srv.requests) <= CHECK_REQUESTS and time.monotonic() < deadline:  # past the echo check
             time.sleep(0.2)
-        assert srv.requests, "the run never reached the server"
+        assert len(srv.requests) > CHECK_REQUESTS, "the run never reached the server"
         worker_pids = subprocess.run(["pgrep", "-f", "evalchemy.engines.lm_eval.worker", "-P", str(proc.pid)],
                                      capture_output=True, text=True).stdout.split()
         proc.send_signal(sig)
@@ -416,8 +421,8 @@ def test_signal_stops_the_run_cleanly(assets, write_config, tmp_path, sig, code)
 
 def test_rerunning_a_run_id_resumes_without_repeating_requests(assets, write_config, tmp_path):
     """Same --run-id again after a timeout: the succeeded benchmark is kept (no request), the timed-out one runs
-    again without re-sending the requests answered before the timeout; a third identical run sends no request;
-    --fresh starts over."""
+    again without re-sending the requests answered before the timeout; a third identical run sends only the
+    preflight's echo check; --fresh starts over."""
     config = write_config({
         "benchmarks": {"echo": {"enabled": True, "tasks": ["demo_echo"]},
                        "capitals": {"enabled": True, "tasks": ["capitals"]}},
@@ -430,7 +435,7 @@ def test_rerunning_a_run_id_resumes_without_repeating_requests(assets, write_con
     answered_before_hang = 10
     n_capitals = sum(len(c) for _, c, _ in taskdata.CAPITALS)
     with TestServer(assets["tokenizer"], "test-model", hang=30,
-                    hang_after=len(taskdata.ECHO_WORDS) + answered_before_hang,
+                    hang_after=CHECK_REQUESTS + len(taskdata.ECHO_WORDS) + answered_before_hang,
                     answers={"favoured": sorted(FAVOURED), "generations": GENERATIONS}) as srv:
         first = run_cli("--endpoint", srv.base_url, *common)
         assert first.returncode == 4, first.stderr
@@ -450,18 +455,18 @@ def test_rerunning_a_run_id_resumes_without_repeating_requests(assets, write_con
             pytest.approx(expected_capitals())
         resent = srv.requests[sent_first:]
         assert all(r.get("echo") for r in resent)  # no generation request again
-        assert len(resent) == n_capitals - answered_before_hang
+        assert len(resent) == CHECK_REQUESTS + n_capitals - answered_before_hang
         sent_second = len(srv.requests)
 
         third = run_cli("--endpoint", srv.base_url, *common)
         assert third.returncode == 0, third.stderr
-        assert len(srv.requests) == sent_second
+        assert len(srv.requests) == sent_second + CHECK_REQUESTS
         summary = json.loads(summary_path.read_text())
         assert all(b["resumed"] for b in summary["benchmarks"].values())
 
         fresh = run_cli("--endpoint", srv.base_url, *common, "--fresh")
         assert fresh.returncode == 0, fresh.stderr
-        assert len(srv.requests) == sent_second + len(taskdata.ECHO_WORDS) + n_capitals
+        assert len(srv.requests) == sent_second + 2 * CHECK_REQUESTS + len(taskdata.ECHO_WORDS) + n_capitals
         summary = json.loads(summary_path.read_text())
         assert not any(b["resumed"] for b in summary["benchmarks"].values())
 

@@ -353,6 +353,32 @@ def test_empty_text_answers_generations_with_an_empty_string(tokenizer_dir, tmp_
         _stop(proc)
 
 
+def test_echo_without_generated_token(tokenizer_dir, tok):
+    """echo_without_generated answers an echo request as llama.cpp's server does when the model's next token is
+    end-of-text: the prompt's entries only, finish_reason stop, completion_tokens 0; lm-eval's [ctxlen:-1] then
+    loses the answer's last token, the echo-checked model reads the whole answer; generations are unchanged."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from evalchemy.engines.lm_eval.echo_model import EchoCheckedCompletionsAPI
+
+    context = ids(tok, "Question: What is the capital of France?\nAnswer:")
+    prompts = [context + ids(tok, "Paris"), context + ids(tok, "deep blue")]
+    with TestServer(tokenizer_dir, "test-model", answers=ANSWERS, echo_without_generated=True) as srv:
+        status, body = call(srv.completions_url, ll_request(prompts))
+        generated = call(srv.completions_url, {"model": "test-model", "prompt": "Paris", "max_tokens": 4})
+    assert status == 200
+    for choice, prompt in zip(body["choices"], prompts):
+        assert choice["logprobs"]["tokens"] == [tok.id_to_token(i) for i in prompt]  # no </s>
+        assert choice["logprobs"]["token_logprobs"][1:] == [rule_logprob(tok.id_to_token(i)) for i in prompt[1:]]
+        assert choice["finish_reason"] == "stop" and choice["text"] == " ".join(tok.id_to_token(i) for i in prompt)
+    assert body["usage"]["completion_tokens"] == 0 and body["usage"]["prompt_tokens"] == sum(map(len, prompts))
+    ctxlens = [len(context)] * 2
+    assert LocalCompletionsAPI.parse_logprobs(body, tokens=prompts, ctxlens=ctxlens) == [(0, True), (-2.0, False)]
+    assert EchoCheckedCompletionsAPI.parse_logprobs(body, tokens=prompts, ctxlens=ctxlens) == [
+        (pytest.approx(-0.1), True), (pytest.approx(-2.1), False)]
+    assert generated[0] == 200 and generated[1]["choices"][0]["text"] == "I do not know"
+
+
 def test_api_key_guards_v1_paths(tokenizer_dir):
     """With api_key, /v1 paths without the right Bearer token get 401 {"error": "Unauthorized"} and are not
     recorded; with it they are answered; /health stays open, as in vLLM."""

@@ -7,7 +7,8 @@ three once (``python -m evalchemy.backends.llamacpp build-tokenizer`` and ``veri
 What this server needs from lm-eval, unlike vLLM (see ``lm_eval_model_args``): one string prompt per request
 (``tokenized_requests=False``, batch size 1, one request in flight), the tokenizer built here, and
 ``tokenizer.ggml.add_bos_token=true`` so that echoed log-probabilities line up with the tokens (without it the echo
-loses the answer's token and lm-eval silently scores one-token answers as 0).
+loses the answer's token and lm-eval silently scores one-token answers as 0), and lm-eval model ``LM_EVAL_MODEL``:
+when the model's next token is end-of-text this server echoes no generated token (see evalchemy/echo.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from importlib import util
 from pathlib import Path
 
 from evalchemy import proxy
+from evalchemy.backends.echo_check import ECHO_MODEL
 from evalchemy.errors import PreflightError
 from evalchemy.execution.process import die_with_parent, stop_process_group
 
@@ -49,6 +51,9 @@ TOKENIZED_REQUESTS = False  # llama-cpp-python accepts one string prompt per req
 BATCH_SIZE = 1  # lm-eval's --batch_size: prompts per request
 NUM_CONCURRENT = 1  # the server computes one request at a time
 TOKENIZER_BACKEND = "huggingface"
+# lm-eval model: its echo has no generated token after end-of-text, so lm-eval's [ctxlen:-1] would drop an answer's
+# last token (the preflight's echo check finds this and picks it; the dry run shows it)
+LM_EVAL_MODEL = ECHO_MODEL
 # lm-eval keeps log-likelihood inputs to max_length - 1 tokens and the server adds BOS and generates one token:
 # 2047 + 1 + 1 tokens would exceed n_ctx (HTTP 400 context_length_exceeded), so one less than n_ctx.
 MAX_LENGTH = N_CTX - 1

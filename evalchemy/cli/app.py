@@ -184,7 +184,7 @@ def dry_run_settings(plan, endpoint_urls, local, model, tokenizer, concurrency, 
                        tokenizer_backend=local_model.TOKENIZER_BACKEND,
                        tokenized_requests=local_model.TOKENIZED_REQUESTS,
                        num_concurrent=local_model.NUM_CONCURRENT, max_length=max_length or local_model.MAX_LENGTH,
-                       single_stream=True)
+                       single_stream=True, lm_eval_model=local_model.LM_EVAL_MODEL)
     if not model:
         click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)
     if settings.tokenizer == "TOKENIZER":

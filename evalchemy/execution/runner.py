@@ -17,6 +17,7 @@ from evalchemy.config.model import Config
 from evalchemy.datasets.availability import check_plan_data
 from evalchemy import redaction
 from evalchemy.execution import signals, storage
+from evalchemy.backends import echo_check as echo
 from evalchemy.errors import (
     EXIT_BENCHMARKS_FAILED,
     EXIT_INTERNAL,
@@ -173,6 +174,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
         format_model_args(settings.model_args())
     except UsageError as err:  # e.g. a comma in the model folder the server reports
         raise PreflightError(str(err)) from None
+    if plan.needs_loglikelihood:
+        settings = echo.check(settings, api_key)
     return Preflight(endpoint=ep, model=model["id"], tokenizer=tokenizer, model_settings=settings)
 
 

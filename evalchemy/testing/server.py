@@ -40,7 +40,9 @@ Faults, for tests of an unattended runner (completions requests only): ``fail_fi
 ``fail_status`` (every one gets that status), ``hang`` (seconds to wait before answering, once ``hang_after``
 requests have arrived; a stop ends the wait), ``malformed`` (200 with invalid JSON), ``no_logprobs``
 (``"logprobs": null``), ``null_text`` (generations with ``"text": null``), ``empty_text`` (generations with
-``"text": ""``, no token generated, ``finish_reason`` ``"stop"``), ``die_after`` (after N answers the
+``"text": ""``, no token generated, ``finish_reason`` ``"stop"``), ``echo_without_generated`` (echo
+requests answered as llama.cpp's server does when the model's next token is end-of-text: the prompt's entries only,
+``finish_reason: "stop"``, ``completion_tokens: 0``), ``die_after`` (after N answers the
 server dies: in-process it closes its socket and every connection; as a process, with ``--die-after``, it exits
 at once with status 1), ``fail_echo_headers`` (the injected HTTP errors' message echoes the request's headers,
 ``Authorization`` included, as debugging proxies do; alone it makes every completions request such an HTTP 500). ``latency`` (seconds per completions request, the work included) and ``capacity``
@@ -248,7 +250,7 @@ class TestServer:
                  latency: float = 0.0, capacity: int | None = None, tokenizer_endpoints: bool = False,
                  fail_first: int = 0, fail_status: int | None = None, hang: float = 0.0, hang_after: int = 0,
                  malformed: bool = False, null_text: bool = False, no_logprobs: bool = False,
-                 fail_echo_headers: bool = False, empty_text: bool = False,
+                 fail_echo_headers: bool = False, empty_text: bool = False, echo_without_generated: bool = False,
                  die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
                  request_log: Path | str | None = None, extra_models: Iterable[str] = ()):
         from tokenizers import Tokenizer
@@ -273,6 +275,7 @@ class TestServer:
         self.empty_text = empty_text
         self.no_logprobs = no_logprobs
         self.fail_echo_headers = fail_echo_headers
+        self.echo_without_generated = echo_without_generated
         self.die_after = die_after
         self.die_exits_process = die_exits_process
         self.api_key = api_key
@@ -420,11 +423,13 @@ class TestServer:
                   "prompt_logprobs": None}
 
         if body.get("echo"):
-            # vLLM: the prompt echoed, then the generated token (</s>, a special token: no text)
-            generated = [GENERATED_TOKEN] if max_tokens >= 1 else []
+            # vLLM: the prompt echoed, then the generated token (</s>, a special token: no text); llama.cpp's server
+            # (echo_without_generated) stops at </s> without echoing it
+            ends = max_tokens >= 1
+            generated = [GENERATED_TOKEN] if ends and not self.echo_without_generated else []
             tokens = [self._token(i) for i in ids] + generated
             choice["text"] = text
-            choice["finish_reason"] = "stop" if generated else "length"
+            choice["finish_reason"] = "stop" if ends else "length"
             if want_logprobs:
                 choice["logprobs"] = self._logprobs(tokens, offsets + [len(text)] * len(generated), len(ids))
             return choice, len(ids), len(generated)
@@ -743,6 +748,8 @@ def _parser() -> argparse.ArgumentParser:
         help="echo the request headers (Authorization included) in the injected HTTP errors; alone: every "
              "completions request gets such an HTTP 500")
     add("--empty-text", action="store_true", help='answer generations with "text": ""')
+    add("--echo-without-generated", action="store_true",
+        help="answer echo requests without the generated end-of-text token (as llama.cpp's server)")
     add("--die-after", metavar="N", type=int, help="exit with status 1 right after answering N completions requests")
     add("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' under /v1 (default: $TESTSERVER_API_KEY)")
     add("--request-log", metavar="FILE", type=Path,
@@ -768,6 +775,7 @@ def main(argv: list[str] | None = None) -> int:
                             null_text=args.null_text, fail_echo_headers=args.fail_echo_headers,
                             die_after=args.die_after, die_exits_process=True,
                             empty_text=args.empty_text,
+                            echo_without_generated=args.echo_without_generated,
                             api_key=args.api_key or os.environ.get("TESTSERVER_API_KEY") or None,
                             request_log=args.request_log, extra_models=args.extra_model)
     except (OSError, ValueError) as err:

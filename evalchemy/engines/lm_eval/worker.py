@@ -30,6 +30,7 @@ from evalchemy import proxy, redaction
 from evalchemy.results.stats import sample_stats
 from evalchemy.engines.lm_eval import failures
 from evalchemy.engines.lm_eval.accounting import RequestStats, no_progress_bars
+from evalchemy.backends.echo_check import ECHO_MODEL
 
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
 
@@ -76,6 +77,8 @@ class Worker:
         kwargs = dict(job["kwargs"])
         wanted_samples = kwargs.get("log_samples")
         kwargs["log_samples"] = True  # score files and the stats layer need them; lm-eval's files only when asked
+        if kwargs.get("model") == ECHO_MODEL:
+            import evalchemy.engines.lm_eval.echo_model  # noqa: F401 - registers the model in lm-eval's registry
         tracker = EvaluationTracker(output_path=job["output_path"])
         results = lm_eval.simple_evaluate(
             **kwargs,
