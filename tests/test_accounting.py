@@ -27,7 +27,8 @@ def test_counters_file_holds_every_change_for_another_reader():
         stats.counting(refused)()
     except ConnectionRefusedError:
         pass
-    assert runner_side.read() == {"sent": 2, "failed_attempts": 1, "empty_answers": 3, "truncated_prompts": 0}
+    assert runner_side.read() == {"sent": 2, "failed_attempts": 1, "empty_answers": 3, "truncated_prompts": 0,
+                                  "answers": 4, "null_answers": 1}
     runner_side.reset()
     assert runner_side.read() == dict.fromkeys(accounting.COUNTS, 0)
 

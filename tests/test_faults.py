@@ -110,6 +110,19 @@ def test_empty_answers_fail_unless_allowed(assets, write_config, tmp_path, fault
     assert _summary(tmp_path / "o", "lenient")["benchmarks"]["echo"]["status"] == "success"
 
 
+def test_some_empty_generations_are_the_models_answers(assets, write_config, tmp_path):
+    """A model that answers one question of four with nothing: counted as an empty answer and scored as wrong, but
+    the benchmark succeeds (only null answers, or every generation empty, fail it)."""
+    blank = {"generations": [{"contains": "river", "text": ""}]}
+    with TestServer(assets["tokenizer"], "test-model", root="/nowhere", answers=blank) as srv:
+        done = _run(srv.base_url, write_config(ECHO_ONLY), tmp_path / "o", "r", assets)
+    assert done.returncode == 0, done.stderr
+    bench = _summary(tmp_path / "o", "r")["benchmarks"]["echo"]
+    assert bench["status"] == "success" and bench["requests"]["empty_answers"] == 1
+    errors_log = (tmp_path / "o" / "r" / "evalchemy_errors_r.log").read_text(encoding="utf-8")
+    assert f"demo_echo: 1 of {len(taskdata.ECHO_WORDS)} generation(s) came back empty" in errors_log
+
+
 def test_truncated_prompts_are_counted(assets, write_config, tmp_path):
     """Prompts longer than --max-length are counted in the summary (lm-eval truncates them silently otherwise)."""
     from tokenizers import Tokenizer
@@ -195,7 +208,7 @@ def test_kill_9_then_rerun(assets, write_config, tmp_path):
                                  "--batch-size", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
-        while len(_logged_requests(tmp_path)) < 5 and time.monotonic() < deadline:
+        while len(_logged_requests(tmp_path)) < 5 + echo.CHECK_REQUESTS and time.monotonic() < deadline:
             time.sleep(0.1)
         workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "evalchemy.engines.lm_eval.worker"], capture_output=True,
                                  text=True).stdout.split()
@@ -226,7 +239,7 @@ def test_missing_logprobs_are_named_and_not_retried(assets, write_config, tmp_pa
     request is sent twice (asking again cannot help)."""
     with TestServer(assets["tokenizer"], "test-model", no_logprobs=True) as srv:
         done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets)
-        bodies = [json.dumps(body, sort_keys=True) for body in srv.requests]
+        bodies = [json.dumps(body, sort_keys=True) for body in srv.requests if "logit_bias" not in body]  # lm-eval's
     assert done.returncode == 4, done.stderr
     bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
     assert bench["error"] == (
@@ -263,8 +276,9 @@ def test_request_counts_survive_the_task_timeout(assets, write_config, tmp_path)
     assert done.returncode == 4, done.stderr
     bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
     assert bench["status"] == "timeout"
-    assert arrived == 10 + 4
-    assert bench["requests"] == {"sent": arrived, "failed_attempts": 0, "empty_answers": 0, "truncated_prompts": 0}
+    assert arrived == 10 + 4  # the preflight's echo check had the first answers: lm-eval sent the rest
+    assert bench["requests"] == {"sent": arrived - echo.CHECK_REQUESTS, "failed_attempts": 0, "empty_answers": 0,
+                                 "truncated_prompts": 0}
 
 
 def test_request_counts_survive_kill_9_of_the_worker(assets, write_config, tmp_path):
@@ -278,7 +292,7 @@ def test_request_counts_survive_kill_9_of_the_worker(assets, write_config, tmp_p
                                  "--run-id", "k", "--include-path", str(assets["tasks_dir"]), "--concurrency", "1",
                                  "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
-        while len(_logged_requests(tmp_path)) < 5 and time.monotonic() < deadline:
+        while len(_logged_requests(tmp_path)) < 5 + echo.CHECK_REQUESTS and time.monotonic() < deadline:
             time.sleep(0.05)
         workers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "evalchemy.engines.lm_eval.worker"], capture_output=True,
                                  text=True).stdout.split()
@@ -286,7 +300,7 @@ def test_request_counts_survive_kill_9_of_the_worker(assets, write_config, tmp_p
         os.kill(int(workers[0]), signal.SIGKILL)
         _, stderr = proc.communicate(timeout=60)
         time.sleep(0.5)  # the request in flight at the kill has long reached the server's log
-        arrived = len(_logged_requests(tmp_path))
+        arrived = len(_logged_requests(tmp_path)) - echo.CHECK_REQUESTS  # lm-eval's, after the echo check's
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=10)

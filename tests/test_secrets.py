@@ -17,6 +17,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from evalchemy import redaction
+from evalchemy.backends.echo_check import CHECK_REQUESTS
 from evalchemy.config.model import load_schema
 from evalchemy.testing.server import TestServer
 from tests.test_run import FAVOURED, GENERATIONS, assets, run_cli  # noqa: F401 - fixture
@@ -59,7 +60,8 @@ FAULTS = {
     "fail_status 401": ({"fail_status": 401}, [], None, 4),
     "fail_echo_headers": ({"fail_echo_headers": True}, [], None, 4),
     "fail_echo_headers, one request at a time": ({"fail_echo_headers": True}, ["--concurrency", "1"], None, 4),
-    "fail_echo_headers once, then answers": ({"fail_first": 1, "fail_echo_headers": True}, [], None, 0),
+    # the preflight's echo check has the first answers: lm-eval's first request gets the failure
+    "fail_echo_headers once, then answers": ({"fail_first": 1 + CHECK_REQUESTS, "fail_echo_headers": True}, [], None, 0),
     "hang_after: request timeout": ({"hang": 30, "hang_after": 1}, ["--request-timeout", "1"], None, 4,
                                     ("capitals",)),
     "hang: task timeout kills the worker": ({"hang": 30}, [], 2, 4),

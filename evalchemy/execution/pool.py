@@ -197,12 +197,25 @@ def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, 
                           requests=requests)
     outcome = RunOutcome(run, "success", results=answer["results"], files=answer.get("files", []),
                          duration_s=duration, requests=requests, stats=answer.get("stats") or {})
-    empty = requests.get("empty_answers", 0)
-    if empty > max_failed_requests:
-        outcome.status = "failed"
-        outcome.error = (f"{empty} request(s) got an empty answer from the endpoint (allowed: {max_failed_requests}, "
-                         "--max-failed-requests); the scores would count them as wrong")
+    error = empty_answer_error(requests, max_failed_requests)
+    if error:
+        outcome.status, outcome.error = "failed", error
+    elif requests.get("empty_answers"):
+        logger.warning("%s: %d of %d generation(s) came back empty (the model's own empty answers count as wrong)",
+                       run.entry, requests["empty_answers"], requests.get("answers", 0))
     return outcome
+
+
+def empty_answer_error(requests: dict, allowed: int) -> str | None:
+    """Empty answers that fail a job: answers with no text at all (null: the endpoint's failure), or every
+    generation of the job empty (a server or template that cannot answer). A model that answers some questions with
+    nothing is scored as it answered; the summary still counts those answers."""
+    empty, answers, null = (requests.get(k, 0) for k in ("empty_answers", "answers", "null_answers"))
+    failing = empty if answers and empty >= answers else null
+    if failing > allowed:
+        return (f"{failing} request(s) got an empty answer from the endpoint (allowed: {allowed}, "
+                "--max-failed-requests); the scores would count them as wrong")
+    return None
 
 
 def run_benchmark(worker: Worker, bench: BenchmarkPlan, model: ModelSettings, run_dir: Path,

@@ -280,7 +280,10 @@ def record_run_end(url: str, summary_path: Path, summary: dict) -> dict:
         logger.warning("results store: not recorded (%s); the summary keeps every result: record it later with "
                        "`evalchemy store import %s`", reason, summary_path.parent)
         summary = {**summary, "store": {"status": "failed", "reason": reason}}
-        write_json_atomic(summary_path, summary)
+        try:
+            write_json_atomic(summary_path, summary)
+        except OSError as write_err:  # e.g. the disk that failed the store: the summary on disk stands
+            logger.warning("results store: the summary could not note the failure (%s)", write_err)
     return summary
 
 

@@ -20,8 +20,10 @@ import tempfile
 import time
 
 COUNTERS_FD_ENV = "EVALCHEMY_COUNTERS_FD"
-COUNTS = ("sent", "failed_attempts", "empty_answers", "truncated_prompts")
-_LAYOUT = struct.Struct("<4Q")
+# the first four are the summary's; "answers" (generations parsed) and "null_answers" (no text at all) decide
+# whether empty answers fail the job (see execution.pool.empty_answer_error)
+COUNTS = ("sent", "failed_attempts", "empty_answers", "truncated_prompts", "answers", "null_answers")
+_LAYOUT = struct.Struct(f"<{len(COUNTS)}Q")
 PROGRESS_EVERY_S = 60.0  # a progress line in the benchmark log at most this often (progress bars are off)
 
 logger = logging.getLogger("evalchemy.engines.lm_eval.worker")
@@ -100,7 +102,7 @@ class RequestStats(logging.Handler):
         return cls(Counters(int(fd)) if fd and fd.isdigit() else None)
 
     def reset(self) -> None:
-        self.sent = self.failed = self.empty = self.truncated = 0
+        self.sent = self.failed = self.empty = self.truncated = self.answers = self.null = 0
         self._progress_at = time.monotonic()
         self._changed()
 
@@ -115,7 +117,7 @@ class RequestStats(logging.Handler):
 
     def as_dict(self) -> dict:
         return {"sent": self.sent, "failed_attempts": self.failed, "empty_answers": self.empty,
-                "truncated_prompts": self.truncated}
+                "truncated_prompts": self.truncated, "answers": self.answers, "null_answers": self.null}
 
     def _on_send(self) -> None:
         self.sent += 1
@@ -189,10 +191,10 @@ class RequestStats(logging.Handler):
         @functools.wraps(parse)
         def wrapper(*args, **kwargs):
             answers = parse(*args, **kwargs)
-            empty = sum(1 for a in answers if a is None or (isinstance(a, str) and not a.strip()))
-            if empty:
-                stats.empty += empty
-                stats._changed()
+            stats.answers += len(answers)
+            stats.null += sum(1 for a in answers if a is None)
+            stats.empty += sum(1 for a in answers if a is None or (isinstance(a, str) and not a.strip()))
+            stats._changed()
             return answers
         return wrapper
 
