@@ -41,11 +41,17 @@ print(json.dumps(out))
 """
 
 
+def _require_engines() -> Path:
+    python = vllm_server.ENGINES_VENV / "bin" / "python"
+    if not python.is_file():
+        pytest.skip(f"real engines not installed ({vllm_server.ENGINES_VENV}): run {vllm_server.SETUP_COMMAND}")
+    return python
+
+
 @pytest.fixture(scope="session")
 def vllm(tmp_path_factory):
     """The session's one real vLLM server; skipped only when the engines environment is not installed."""
-    if not (vllm_server.ENGINES_VENV / "bin" / "python").is_file():
-        pytest.skip(f"real engines not installed ({vllm_server.ENGINES_VENV}): run {vllm_server.SETUP_COMMAND}")
+    _require_engines()
     with VllmServer(tmp_path_factory.mktemp("vllm") / "vllm.log") as server:
         yield server
     assert server.pid is not None and not Path(f"/proc/{server.pid}").exists()
@@ -71,6 +77,20 @@ def _post(server: VllmServer, body: dict) -> tuple[int, dict]:
 def _echo(server: VllmServer, prompt, **extra) -> tuple[int, dict]:
     """The log-likelihood request lm-eval sends (echo, one generated token, greedy)."""
     return _post(server, {"prompt": prompt, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0, **extra})
+
+
+def test_engines_environment_loads_lm_evals_hf_and_vllm_models():
+    """The engines environment imports evalchemy's worker and lm-eval's hf and in-process vllm models, and vLLM finds
+    its CPU platform (lm-eval reads the version of the distribution "vllm", vLLM looks for "+cpu" in it)."""
+    python = _require_engines()
+    code = ("import importlib.metadata as m, evalchemy.engines.lm_eval.worker\n"
+            "from lm_eval.models import huggingface, vllm_causallms\n"
+            "from vllm.platforms import current_platform\n"
+            "print(m.version('vllm'), current_platform.device_type)")
+    done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300, cwd=PROJECT,
+                          env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0.32.0+cpu", "cpu"]
 
 
 # --- the API facts the capability probe relies on ---------------------------------------------------------------
