@@ -508,10 +508,11 @@ def commands():
 
 
 def main(argv: list[str] | None = None) -> None:
-    from evalchemy.cli import report_commands, store_commands
+    from evalchemy.cli import queue_commands, report_commands, store_commands
 
     args = list(sys.argv[1:] if argv is None else argv)
     report_commands.register(commands)
+    queue_commands.register(commands)
     for name, command in store_commands.group.commands.items():
         commands.add_command(command, name)
     if args and args[0] in commands.commands:  # a subcommand; runs start with flags

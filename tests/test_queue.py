@@ -1,0 +1,220 @@
+"""Runs queued on Celery + Redis and executed by workers (separate processes), their state in a shared
+PostgreSQL store: a real redis-server on 127.0.0.1, the PostgreSQL of tests/test_store.py, test servers standing
+in for each GPU box's vLLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from evalchemy.store import db
+from evalchemy.testing.server import TestServer
+from tests.conftest import PROJECT
+from tests.test_store import RUN_A, _favoured, _free_port, postgres, write_assets  # noqa: F401 - fixture
+
+API_KEY = "sk-QUEUE-SECRET-7781"
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+pytestmark = pytest.mark.skipif(not Path(REDIS).exists(),
+                                reason="redis-server not installed (scripts/test.sh installs Debian's redis-server)")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return write_assets(tmp_path_factory.mktemp("queue-assets"))
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    """A throw-away redis-server on 127.0.0.1 (no persistence), stopped by its pid."""
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+_databases = iter(range(1, 10_000))
+
+
+@pytest.fixture
+def store(postgres, tmp_path):  # noqa: F811 - the PostgreSQL fixture imported above
+    name = f"queue_{os.getpid()}_{next(_databases)}"
+    engine = sa.create_engine(db.resolve_url(postgres + "/postgres", tmp_path), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{postgres}/{name}"
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "EVALCHEMY_HOME": str(PROJECT), "EVALCHEMY_QUEUE_HEARTBEAT_S": "1",
+           "EVALCHEMY_QUEUE_STALE_S": "5", "EVALCHEMY_QUEUE_RETRY_S": "2", "EVALCHEMY_QUEUE_VISIBILITY_S": "8"}
+    env.update(extra)
+    return env
+
+
+def cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "evalchemy", *args], capture_output=True, text=True,
+                          env=env or _env(), timeout=timeout)
+
+
+class Workers:
+    """Worker processes, each with its own test server (model-x, also serving model-y) and results folder."""
+
+    def __init__(self, assets, redis_url, store, folder: Path, count: int = 2, shared_output: bool = False,
+                 **server_options):
+        self.servers, self.procs, self.outputs = [], [], []
+        for i in range(count):
+            srv = TestServer(assets["tokenizer"], "model-x", extra_models=("model-y",), api_key=API_KEY,
+                             answers={"favoured": _favoured(RUN_A)}, **server_options).start()
+            out = folder / ("results" if shared_output else f"results-{i}")
+            log = open(folder / f"worker-{i}.log", "wb")  # noqa: SIM115 - closed in stop()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "evalchemy", "worker", "--broker", redis_url, "--store", store,
+                 "--endpoint", srv.base_url + "/v1", "--tokenizer", str(assets["tokenizer"]),
+                 "--include-path", str(assets["tasks"]), "--output", str(out), "--name", f"w{i}@test"],
+                stdout=log, stderr=log, env=_env(OPENAI_API_KEY=API_KEY))
+            self.servers.append(srv)
+            self.procs.append((proc, log))
+            self.outputs.append(out)
+
+    def stop(self) -> None:
+        for proc, log in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGQUIT)  # cold shutdown
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            log.close()
+        for srv in self.servers:
+            srv.stop()
+
+
+def _submit(redis_url, store, assets, *extra, env=None):
+    return cli("submit", "--broker", redis_url, "--store", store, "--config", str(assets["config"]),
+               "--include-path", str(assets["tasks"]), *extra, env=env)
+
+
+def _status(store, *run_ids) -> list[dict]:
+    done = cli("status", "--store", store, "--json", *run_ids)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)["runs"]
+
+
+def _wait(store, run_ids, seconds=240) -> list[dict]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        runs = _status(store, *run_ids)
+        if all(r["state"] in ("SUCCESS", "FAILURE", "REVOKED") for r in runs):
+            return runs
+        time.sleep(1.0)
+    raise AssertionError(f"runs not ended in {seconds} s: {runs}")
+
+
+def _table(store, query: str) -> list:
+    engine = sa.create_engine(db.resolve_url(store, Path(".")))
+    try:
+        with engine.connect() as connection:
+            return [tuple(r) for r in connection.execute(sa.text(query))]
+    finally:
+        engine.dispose()
+
+
+def _redis_dump(redis_url) -> bytes:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    dump = b""
+    for key in client.scan_iter("*"):
+        kind = client.type(key)
+        dump += key
+        if kind == b"string":
+            dump += client.get(key) or b""
+        elif kind == b"list":
+            dump += b"".join(client.lrange(key, 0, -1))
+        elif kind == b"hash":
+            dump += b"".join(k + v for k, v in client.hgetall(key).items())
+        elif kind == b"set":
+            dump += b"".join(client.smembers(key))
+        elif kind == b"zset":
+            dump += b"".join(client.zrange(key, 0, -1))
+    return dump
+
+
+def test_bad_config_is_exit_2_and_nothing_is_queued(tmp_path, redis_url, store, assets):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"benchmarks": {"x": {"tasks": ["nope"]}}}', encoding="utf-8")
+    done = cli("submit", "--broker", redis_url, "--store", store, "--config", str(bad))
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    import redis
+
+    assert redis.Redis.from_url(redis_url).llen("evalchemy") == 0
+    assert _status(store) == []
+
+
+def test_redis_down_at_submit_is_exit_3_and_nothing_is_queued(redis_url, store, assets):
+    closed = f"redis://127.0.0.1:{_free_port()}/0"
+    done = _submit(closed, store, assets, "--run-id", "nowhere")
+    assert done.returncode == 3
+    assert done.stdout == ""
+    assert f"error: broker {closed} cannot be reached" in done.stderr
+    assert "nothing was queued" in done.stderr
+    assert _status(store) == []
+
+
+def test_five_runs_two_models_two_workers(tmp_path, redis_url, store, assets):
+    """Every run ends once, the two workers share them, the leaderboard shows both models, no key anywhere."""
+    workers = Workers(assets, redis_url, store, tmp_path)
+    try:
+        ids = []
+        for i, model in enumerate(["model-x", "model-y", "model-x", "model-y", "model-x"]):
+            done = _submit(redis_url, store, assets, "--model", model, "--run-id", f"q{i}")
+            assert done.returncode == 0, done.stderr
+            assert done.stdout == f"q{i}\n"
+            ids.append(f"q{i}")
+        runs = _wait(store, ids)
+        assert [(r["run_id"], r["state"], r["status"], r["exit_code"]) for r in runs] == [
+            (i, "SUCCESS", "success", 0) for i in ids]
+        assert all(r["host"] and r["started_at"] and r["finished_at"] for r in runs)
+        rows = _table(store, "SELECT worker, attempts FROM queue_runs")
+        per_worker = {w: sum(1 for r in rows if r[0] == w) for w in ("w0@test", "w1@test")}
+        assert sum(per_worker.values()) == 5 and min(per_worker.values()) >= 1, per_worker
+        assert {r[1] for r in rows} == {1}  # each executed exactly once
+        assert sorted(_table(store, "SELECT run_id FROM runs")) == [(i,) for i in ids]
+        for n, out in enumerate(workers.outputs):  # each run's folder is on the box that ran it, only there
+            mine = {r[0] for r in _table(store, f"SELECT run_id FROM queue_runs WHERE worker = 'w{n}@test'")}
+            assert {i for i in ids if (out / i / f"evalchemy_summary_{i}.json").is_file()} == mine
+        board = cli("leaderboard", "--json", "--store", store)
+        assert board.returncode == 0, board.stderr
+        assert [(r["model"], r["value"]) for r in json.loads(board.stdout)["rows"]] == [
+            ("model-x", 19 / 20), ("model-y", 19 / 20)]
+        assert API_KEY.encode() not in _redis_dump(redis_url)
+        dump = "\n".join(str(r) for table in ("runs", "queue_runs", "benchmarks", "scores", "samples")
+                         for r in _table(store, f"SELECT * FROM {table}"))
+        assert API_KEY not in dump
+        assert sum(len(s.requests) for s in workers.servers) > 0
+    finally:
+        workers.stop()
