@@ -218,3 +218,77 @@ def test_five_runs_two_models_two_workers(tmp_path, redis_url, store, assets):
         assert sum(len(s.requests) for s in workers.servers) > 0
     finally:
         workers.stop()
+
+
+def _wait_for(predicate, seconds=120, what="condition"):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _prompts(srv) -> list[str]:
+    found = []
+    for body in srv.requests:
+        prompt = body.get("prompt")
+        found += [json.dumps(p) for p in (prompt if isinstance(prompt, list) and prompt and not isinstance(
+            prompt[0], int) else [prompt])]
+    return found
+
+
+def test_a_worker_killed_mid_run_leaves_it_to_the_other(tmp_path, redis_url, store, assets):
+    """kill -9 of the worker running it: the message comes back (late acknowledgement), the other worker takes
+    over the dead claim, resumes from the shared results folder and finishes; every question scored once."""
+    workers = Workers(assets, redis_url, store, tmp_path, shared_output=True, latency=0.25)
+    try:
+        done = _submit(redis_url, store, assets, "--run-id", "killed", "--model", "model-x", "--batch-size", "1",
+                       "--concurrency", "2")
+        assert done.returncode == 0, done.stderr
+        _wait_for(lambda: sum(len(s.requests) for s in workers.servers) >= 10, what="requests")
+        holder = _table(store, "SELECT worker FROM queue_runs")[0][0]
+        first = int(holder[1])
+        workers.procs[first][0].kill()  # SIGKILL: its run (a child that dies with it) goes too
+        workers.procs[first][0].wait()
+        answered_before = len(_prompts(workers.servers[first]))
+        runs = _wait(store, ["killed"], seconds=240)
+        assert [(r["state"], r["status"], r["exit_code"]) for r in runs] == [("SUCCESS", "success", 0)]
+        assert _table(store, "SELECT worker, attempts FROM queue_runs") == [(f"w{1 - first}@test", 2)]
+        summary = json.loads((workers.outputs[0] / "killed" / "evalchemy_summary_killed.json").read_text())
+        assert summary["status"] == "success"
+        assert _table(store, "SELECT status FROM runs WHERE run_id = 'killed'") == [("success",)]
+        assert _table(store, "SELECT count(*) FROM samples WHERE run_id = 'killed'") == [(20,)]
+        assert _table(store, "SELECT value FROM benchmarks WHERE run_id = 'killed'") == [(19 / 20,)]
+        first_prompts, second_prompts = _prompts(workers.servers[first]), _prompts(workers.servers[1 - first])
+        assert answered_before >= 10 and second_prompts
+        assert len(set(second_prompts)) == len(second_prompts)
+    finally:
+        workers.stop()
+
+
+def test_cancel_revokes_a_queued_run_and_interrupts_a_running_one(tmp_path, redis_url, store, assets):
+    done = _submit(redis_url, store, assets, "--run-id", "waiting", "--queue", "other")
+    assert done.returncode == 0, done.stderr
+    cancelled = cli("cancel", "waiting", "--store", store, "--broker", redis_url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stderr.endswith("waiting: revoked (it had not started)\n")
+    assert [(r["state"], r["status"]) for r in _status(store, "waiting")] == [("REVOKED", "revoked")]
+    workers = Workers(assets, redis_url, store, tmp_path, count=1, latency=0.25)
+    try:
+        done = _submit(redis_url, store, assets, "--run-id", "running", "--model", "model-x", "--batch-size", "1",
+                       "--concurrency", "1")
+        assert done.returncode == 0, done.stderr
+        _wait_for(lambda: len(workers.servers[0].requests) >= 3, what="requests")
+        queued = cli("queue", "--store", store, "--json")
+        assert [(r["run_id"], r["state"], r["status"]) for r in json.loads(queued.stdout)["runs"]] == [
+            ("running", "STARTED", None)]
+        cancelled = cli("cancel", "running", "--store", store)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "running: running on " in cancelled.stderr
+        runs = _wait(store, ["running"], seconds=60)
+        assert [(r["state"], r["status"], r["exit_code"]) for r in runs] == [("REVOKED", "interrupted", 143)]
+        summary = json.loads((workers.outputs[0] / "running" / "evalchemy_summary_running.json").read_text())
+        assert summary["status"] == "interrupted"
+    finally:
+        workers.stop()
