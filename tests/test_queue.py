@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -292,3 +293,66 @@ def test_cancel_revokes_a_queued_run_and_interrupts_a_running_one(tmp_path, redi
         assert summary["status"] == "interrupted"
     finally:
         workers.stop()
+
+
+class _Cluster:
+    """A PostgreSQL cluster of its own (as tests/test_store.py's), for a test that stops and restarts it."""
+
+    def __init__(self, folder: Path):
+        from tests.test_store import _pg_bin
+
+        self.bin = _pg_bin()
+        self.folder, self.data, self.port = folder, folder / "data", _free_port()
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            shutil.chown(folder, "postgres")
+        subprocess.run([*self.as_postgres, str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U",
+                        "evalchemy", "--no-sync", "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True)
+        self.url = f"postgresql://evalchemy@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        subprocess.run([*self.as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l",
+                        str(self.folder / "log"), "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} "
+                        f"-k {self.folder} -c fsync=off", "start"], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                        "stop"], capture_output=True)
+
+
+def test_store_down_at_the_end_of_a_run_keeps_the_summary_for_store_import(tmp_path_factory, redis_url, assets):
+    from tests.test_store import _pg_bin
+
+    if _pg_bin() is None:
+        pytest.skip("PostgreSQL server binaries not installed")
+    folder = Path(tempfile.mkdtemp(prefix="evalchemy-pg-queue-"))
+    cluster = _Cluster(folder)
+    cluster.start()
+    tmp_path = tmp_path_factory.mktemp("store-down")
+    workers = None
+    try:
+        workers = Workers(assets, redis_url, cluster.url, tmp_path, count=1, latency=0.25)
+        done = _submit(redis_url, cluster.url, assets, "--run-id", "outage", "--model", "model-x", "--batch-size",
+                       "1", "--concurrency", "1")
+        assert done.returncode == 0, done.stderr
+        _wait_for(lambda: len(workers.servers[0].requests) >= 3, what="requests")
+        cluster.stop()
+        summary_file = workers.outputs[0] / "outage" / "evalchemy_summary_outage.json"
+        # written first, then rewritten with the store's failure once the store was tried
+        _wait_for(lambda: summary_file.is_file() and "store" in json.loads(summary_file.read_text()), seconds=120,
+                  what="the summary with the store's failure")
+        summary = json.loads(summary_file.read_text())
+        assert (summary["status"], summary["store"]["status"]) == ("success", "failed")
+        down = cli("status", "--store", cluster.url)
+        assert down.returncode == 2
+        assert "cannot be reached" in down.stderr
+        cluster.start()
+        imported = cli("store", "import", str(workers.outputs[0]), "--store", cluster.url)
+        assert imported.returncode == 0, imported.stderr
+        assert _table(cluster.url, "SELECT run_id, status FROM runs") == [("outage", "success")]
+        assert _table(cluster.url, "SELECT count(*) FROM samples") == [(20,)]
+    finally:
+        if workers is not None:
+            workers.stop()
+        cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)

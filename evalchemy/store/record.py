@@ -313,8 +313,8 @@ def import_dirs(url: str, folders: list[Path]) -> list[Imported]:
     try:
         for path in summaries:
             summary = _read_json(path)
-            if not summary.get("run_id") or summary.get("schema_version") != 1:
-                raise StoreError(f"{path}: not an evalchemy summary (schema_version 1)")
+            if not summary.get("run_id") or summary.get("schema_version") not in (1, 2):
+                raise StoreError(f"{path}: not an evalchemy summary (schema_version 1 or 2)")
             write_rows(engine, build_rows(path.parent, summary))
             done.append(Imported(summary["run_id"], path.parent, summary.get("status")))
     except sa.exc.SQLAlchemyError as err:
