@@ -356,3 +356,35 @@ def test_store_down_at_the_end_of_a_run_keeps_the_summary_for_store_import(tmp_p
             workers.stop()
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_endpoints_give_the_scores_of_one_and_both_are_used(tmp_path, assets):
+    """Two benchmarks over two test servers of the same model: both serve requests, the scores are those of one."""
+    config = tmp_path / "two.json"
+    config.write_text(json.dumps({
+        "benchmarks": {s: {"enabled": True, "description": s, "tasks": [f"flip_{s}"]} for s in ("insurance", "finance")},
+        "tasks": {f"flip_{s}": {"enabled": True, "tasks": [f"demo_flip_{s}"]} for s in ("insurance", "finance")},
+    }), encoding="utf-8")
+    servers = [TestServer(assets["tokenizer"], "model-x", answers={"favoured": _favoured(RUN_A)}, latency=0.05).start()
+               for _ in range(3)]
+    try:
+        def run(run_id, *endpoints):
+            args = [a for srv in endpoints for a in ("--endpoint", srv.base_url + "/v1")]
+            done = cli(*args, "--config", str(config), "--include-path", str(assets["tasks"]), "--output",
+                       str(tmp_path / "results"), "--run-id", run_id, "--tokenizer", str(assets["tokenizer"]),
+                       timeout=300)
+            assert done.returncode == 0, done.stderr
+            summary = json.loads(Path(done.stdout.strip()).read_text())
+            return {name: (b["status"], json.dumps(b.get("metrics"), sort_keys=True))
+                    for name, b in summary["benchmarks"].items()}
+
+        one = run("one", servers[0])
+        two = run("two", servers[1], servers[2])
+        assert set(one) == {"insurance", "finance"}
+        assert all(status == "success" and metrics not in ("null", "{}") for status, metrics in one.values()), one
+        assert two == one
+        assert [len(s.requests) > 0 for s in servers[1:]] == [True, True]
+        assert sum(len(s.requests) for s in servers[1:]) == len(servers[0].requests)
+    finally:
+        for srv in servers:
+            srv.stop()
