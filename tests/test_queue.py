@@ -351,6 +351,9 @@ def test_store_down_at_the_end_of_a_run_keeps_the_summary_for_store_import(tmp_p
         assert imported.returncode == 0, imported.stderr
         assert _table(cluster.url, "SELECT run_id, status FROM runs") == [("outage", "success")]
         assert _table(cluster.url, "SELECT count(*) FROM samples") == [(20,)]
+        # its end in the queue table: by the worker once the store is back within its retries, else by the import
+        assert [(r["state"], r["status"], r["exit_code"]) for r in _status(cluster.url, "outage")] == [
+            ("SUCCESS", "success", 0)]
     finally:
         if workers is not None:
             workers.stop()
