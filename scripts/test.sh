@@ -27,5 +27,15 @@ if [ ! -x /usr/bin/chromium ]; then
       "(sudo apt-get install chromium fonts-noto-cjk)" >&2
   fi
 fi
+# The queue tests start a throw-away redis-server (Debian's redis-server package) as the Celery broker.
+if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "test.sh: installing redis-server for the queue tests (apt-get)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >&2
+  else
+    echo "test.sh: redis-server is missing: the queue tests will be skipped (sudo apt-get install redis-server)" >&2
+  fi
+fi
 cd "$root"
 exec "$root/.venv/bin/python" -m pytest "$@"

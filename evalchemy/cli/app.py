@@ -319,9 +319,10 @@ class EvalchemyCommand(click.Command):
 
 @click.command(cls=EvalchemyCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
                epilog=EXIT_CODES_HELP)
-@click.option("--endpoint", metavar="URL",
+@click.option("--endpoint", metavar="URL", multiple=True,
               help="vLLM OpenAI-compatible server: http://host:8000, http://host:8000/v1 or "
-                   "http://host/prefix/v1/completions; 'local' starts the embedded SmolLM2 model on 127.0.0.1.")
+                   "http://host/prefix/v1/completions; 'local' starts the embedded SmolLM2 model on 127.0.0.1. "
+                   "Repeated: servers of the same model, benchmarks run in parallel, one per server at a time.")
 @click.option("--model", metavar="NAME", help="Served model name. Default: the one model GET /v1/models lists.")
 @click.option("--tokenizer", metavar="PATH",
               help="Local tokenizer folder (or a model id in the local Hugging Face cache). Default: the model "
@@ -387,6 +388,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
 
     log_level = log_level.upper()
     setup_console_logging(log_level)
+    endpoint, more_endpoints = (endpoint[0] if endpoint else None), tuple(endpoint[1:])
     modes = [name for name, on in (("--list-benchmarks", list_benchmarks), ("--validate-config", validate_config),
                                    ("--dry-run", dry_run)) if on]
     if len(modes) > 1:
@@ -410,6 +412,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     local = endpoint == LOCAL_ENDPOINT
     # a malformed URL is a usage error, checked first
     endpoint_urls = normalize(endpoint) if endpoint and not local else None
+    for extra in more_endpoints:
+        if local or extra == LOCAL_ENDPOINT:
+            raise UsageError("--endpoint local cannot be combined with other endpoints: give only remote servers")
+        normalize(extra)
     if proxy_url is not None:
         from evalchemy.proxy import check
 
@@ -470,6 +476,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         home=home(),
         proxy=proxy_url,
         store=resolve_url(store, output),
+        more_endpoints=more_endpoints,
     )
     from evalchemy.execution import signals, storage
     from evalchemy.execution.lock import RunLock
@@ -539,10 +546,11 @@ def _report_disk_full(result, logs, run_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from evalchemy.execution import signals
-    from evalchemy.cli import report_commands, store_commands
+    from evalchemy.cli.app import queue_commands, report_commands, store_commands
 
     args = list(sys.argv[1:] if argv is None else argv)
     report_commands.register(commands)
+    queue_commands.register(commands)
     for name, command in store_commands.group.commands.items():
         commands.add_command(command, name)
     if args and args[0] in commands.commands:  # a subcommand; runs start with flags

@@ -92,6 +92,7 @@ class RunOptions:
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
     proxy: str | None = field(default=None, repr=False)  # every request to the endpoint goes through this HTTP proxy
     store: str | None = None  # the results store's URL; the run records itself there at its end
+    more_endpoints: tuple[str, ...] = ()  # the same model served elsewhere: benchmarks spread over all (spread.py)
 
     @property
     def run_dir(self) -> Path:
@@ -335,6 +336,9 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
                             run_dir / ".worker.log",
                             cwd=opts.home)
             to_run = plan.to_run
+            if opts.more_endpoints:
+                _spread(opts, plan, api_key, pre, worker, kept, events, records, run_dir, cache)
+                to_run = []
             for position, bench in enumerate(to_run, 1):
                 events.benchmark_started(bench, position, len(to_run))
                 if bench.name in kept:
@@ -476,6 +480,33 @@ def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[Benchmar
         result.summary = record_run_end(opts.store, summary_path, summary)
     logger.info("run %s finished: %s (exit code %d); summary: %s", opts.run_id, status, exit_code, summary_path)
     return result
+
+
+def _spread(opts, plan, api_key, pre, worker, kept, events, records, run_dir, cache) -> None:
+    from evalchemy.execution import spread
+
+    findings = PreflightFindings()
+    pres = [pre, *spread.extra_preflights(opts, plan, api_key, opts.more_endpoints, preflight,
+                                          lambda: findings)]
+    findings.raise_any()
+    worker.stop()
+
+    def run_one(bench_worker, bench_pre, bench):
+        if bench.name in kept:
+            return _kept_record(bench.name, kept[bench.name])
+        outcomes: list[RunOutcome] = []
+        public = endpoint_mod.strip_credentials(bench_pre.endpoint.completions_url)
+        try:
+            run_benchmark(bench_worker, bench, bench_pre.model_settings, run_dir, public, outcomes,
+                          use_cache=cache, max_failed_requests=opts.max_failed_requests)
+        finally:
+            record = _record(bench, outcomes, run_dir, bench_pre.model_settings, public, cache)
+        return record
+
+    spread.run_spread(opts, plan, api_key, pres,
+                      lambda: Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online,
+                                                proxy=opts.proxy), run_dir / ".worker.log", cwd=opts.home),
+                      run_one, {k: _kept_record(k, v) for k, v in kept.items()}, events, records)
 
 
 def _safe_display(url: str) -> str:

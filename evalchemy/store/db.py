@@ -13,7 +13,7 @@ from evalchemy.errors import StoreError
 
 STORE_ENV = "EVALCHEMY_STORE"
 DEFAULT_FILE = "evalchemy.db"
-HEAD = "0002"  # the newest revision in evalchemy/store/migrations/versions
+HEAD = "0003"  # the newest revision in evalchemy/store/migrations/versions
 SCRIPT_LOCATION = "evalchemy.store:migrations"
 
 logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -309,6 +309,16 @@ def find_summaries(folders: list[Path]) -> list[Path]:
     return found
 
 
+def _end_queued(engine: sa.Engine, summary: dict) -> None:
+    """A queued run whose worker could not record its end (the store was down) ends with its import."""
+    exit_code = summary.get("exit_code")
+    state = "SUCCESS" if exit_code == 0 else "FAILURE"
+    with engine.begin() as connection:
+        connection.execute(sa.update(schema.queue_runs).where(
+            schema.queue_runs.c.run_id == summary["run_id"], schema.queue_runs.c.state == "STARTED").values(
+            state=state, status=summary.get("status"), exit_code=exit_code, finished_at=utc(summary.get("finished_at"))))
+
+
 def import_dirs(url: str, folders: list[Path]) -> list[Imported]:
     summaries = find_summaries(folders)
     engine = open_for_writing(url)
@@ -320,6 +330,7 @@ def import_dirs(url: str, folders: list[Path]) -> list[Imported]:
                 raise StoreError(f"{path}: not an evalchemy summary (schema_version "
                                  f"{' or '.join(map(str, READABLE_VERSIONS))})")
             write_rows(engine, build_rows(path.parent, summary))
+            _end_queued(engine, summary)
             done.append(Imported(summary["run_id"], path.parent, summary.get("status")))
     except sa.exc.SQLAlchemyError as err:
         raise db.unreachable(url, err) from None

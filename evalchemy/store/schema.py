@@ -89,3 +89,22 @@ samples = sa.Table(
 )
 
 CHILD_TABLES = (samples, subjects, scores, benchmarks)
+
+# runs submitted to the queue (submit / worker / status): not a child of runs, which holds finished runs only
+queue_runs = sa.Table(
+    "queue_runs", metadata,
+    sa.Column("run_id", sa.String(128), primary_key=True),
+    sa.Column("queue", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("worker", sa.String(255)),
+    sa.Column("heartbeat", sa.Float),
+    sa.Column("cancel", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(16)),
+    sa.Column("exit_code", sa.Integer),
+    sa.Column("submitted_at", sa.String(40), nullable=False),
+    sa.Column("started_at", sa.String(40)),
+    sa.Column("finished_at", sa.String(40)),
+)
