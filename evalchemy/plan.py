@@ -24,6 +24,8 @@ DEFAULT_REQUEST_TIMEOUT_S = 120
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_LENGTH = 2048
 LM_EVAL_MODEL = "local-completions"
+FAST_MODEL = "evalchemy-completions"  # engines/lm_eval/fast_client.py; registered in the worker only
+CLIENTS = ("evalchemy", "lm-eval")
 
 
 
@@ -41,6 +43,12 @@ class ModelSettings:
     timeout: int = DEFAULT_REQUEST_TIMEOUT_S
     max_length: int = DEFAULT_MAX_LENGTH
     single_stream: bool = False  # the server takes one request at a time (the embedded model): no task overrides it
+    client: str = "evalchemy"  # "evalchemy": the lean client (not for the embedded model); "lm-eval": the stock one
+
+    @property
+    def lm_eval_model(self) -> str:
+        """The lm-eval model type the worker runs (the printed ``lm_eval run`` line keeps the stock one)."""
+        return FAST_MODEL if self.client == "evalchemy" and not self.single_stream else LM_EVAL_MODEL
 
     def for_run(self, run: TaskRun) -> ModelSettings:
         """These settings with the task entry's own concurrency, if it has one."""
@@ -295,7 +303,7 @@ def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings, use_cache: str | 
     """Keyword arguments for ``lm_eval.simple_evaluate`` (without the TaskManager, which the worker builds)."""
     return {
         "use_cache": use_cache,
-        "model": LM_EVAL_MODEL,
+        "model": model.lm_eval_model,
         "model_args": model.for_run(run).model_args(),
         "tasks": list(run.tasks),
         "num_fewshot": run.num_fewshot,

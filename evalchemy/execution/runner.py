@@ -88,6 +88,7 @@ class RunOptions:
     home: Path | None = None  # relative dataset paths in task YAMLs are read from here (the project folder)
     proxy: str | None = field(default=None, repr=False)  # every request to the endpoint goes through this HTTP proxy
     store: str | None = None  # the results store's URL; the run records itself there at its end
+    client: str = "evalchemy"  # "lm-eval": lm-eval's stock local-completions client instead of the lean one
 
     @property
     def run_dir(self) -> Path:
@@ -163,6 +164,7 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
         max_retries=opts.max_retries,
         timeout=opts.request_timeout,
         max_length=max_length,
+        client=opts.client,
     )
     try:
         format_model_args(settings.model_args())
