@@ -68,12 +68,15 @@ def test_valid_configs_are_known_valid_and_near_misses_never_are(path):
     assert checked > 100
 
 
-def test_validate_config_does_not_import_jsonschema_for_a_valid_config():
+@pytest.mark.parametrize("mode", ["--validate-config", "--dry-run", "--list-benchmarks"])
+def test_control_commands_import_neither_jsonschema_nor_the_runner(mode):
+    """A valid config: jsonschema is not imported, nor the runner (its results, store and worker modules)."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "EVALCHEMY_HOME": str(PROJECT)}
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "evalchemy", "--validate-config", "--config",
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "evalchemy", mode, "--config",
                            str(PROJECT / "configs" / "demo_config.json")], capture_output=True, text=True, env=env,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "valid (" in done.stdout
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "evalchemy.config.model" in imported
     assert "jsonschema" not in imported
+    assert "evalchemy.execution.runner" not in imported

@@ -387,7 +387,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     results store. Other commands: compare, leaderboard, history, store (each with --help).
     """
     from evalchemy import plan as plan_mod
-    from evalchemy.execution import runner
+    from evalchemy.execution import runid
 
     log_level = log_level.upper()
     setup_console_logging(log_level)
@@ -397,8 +397,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         raise UsageError(f"{' and '.join(modes)} cannot be combined: pick one")
     config_file = Path(config_path) if config_path else home() / "configs" / "eval_config.json"
     output = Path(output_dir) if output_dir else home() / "results"
-    run_id = runner.check_run_id(run_id if run_id is not None else runner.default_run_id())
-    gpu = runner.check_gpu(gpu)
+    run_id = runid.check_run_id(run_id if run_id is not None else runid.default_run_id())
+    gpu = runid.check_gpu(gpu)
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key = os.environ.get(api_key_env)
     from evalchemy.execution import notify as notify_mod
@@ -459,6 +459,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if not endpoint:
         raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
                          "--endpoint http://gpu-box:8000/v1/completions")
+    from evalchemy.execution import runner
     from evalchemy.store.db import resolve_url
 
     opts = runner.RunOptions(

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 
 from evalchemy.backends import llamacpp as local_model, openai_completions as endpoint_mod
@@ -46,27 +43,8 @@ from evalchemy.proxy import display as proxy_display
 
 logger = logging.getLogger(__name__)
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-GPU_PATTERN = re.compile(r"^[0-9]+(,[0-9]+)*$")
-
-
-def default_run_id() -> str:
-    return f"{datetime.now():%Y%m%d_%H%M%S}_{os.getpid()}"
-
-
-def check_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id) or run_id in (".", ".."):
-        raise UsageError(
-            f"--run-id {run_id!r}: use 1 to 128 letters, digits, '.', '_' or '-' (not '.' or '..'); "
-            "it names a folder under --output"
-        )
-    return run_id
-
-
-def check_gpu(gpu: str | None) -> str | None:
-    if gpu is not None and not GPU_PATTERN.match(gpu):
-        raise UsageError(f"--gpu {gpu!r}: expected GPU ids separated by commas, such as 0 or 0,1")
-    return gpu
+from evalchemy.execution.runid import (  # noqa: E402,F401 - part of this module's interface
+    GPU_PATTERN, RUN_ID_PATTERN, check_gpu, check_run_id, default_run_id)
 
 
 @dataclass(frozen=True)
