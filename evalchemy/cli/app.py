@@ -401,8 +401,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     gpu = runid.check_gpu(gpu)
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key = os.environ.get(api_key_env)
-    from evalchemy.execution import notify as notify_mod
-
+    if notify_url:
+        from evalchemy.execution import notify as notify_mod
     notify_secrets = notify_mod.secrets(notify_url) if notify_url else ()
     redaction.protect(api_key, *notify_secrets)
     if api_key is None and api_key_env != "OPENAI_API_KEY":
