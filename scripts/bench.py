@@ -32,11 +32,12 @@ PYTHON = sys.executable
 WORDS = ["red", "blue", "green", "gold", "black", "white", "pink", "gray"]
 
 
-def write_task(folder: Path, name: str, n_questions: int, context_words: int = 0) -> None:
+def write_task(folder: Path, name: str, n_questions: int, context_words: int = 0, tag: int | None = None) -> None:
     """``context_words`` > 0: a long shared context before each question (one token per word with the bench's
     tokenizer), like a 5-shot prompt."""
     context = " ".join(WORDS[(i * 7) % 8] for i in range(context_words)) + " " if context_words else ""
-    rows = [{"question": f"{context}Which colour is number {i % 100} ?", "choices": WORDS[i % 4: i % 4 + 4],
+    tag_text = f"{tag} " if tag is not None else ""  # tasks of one run with distinct prompts (none cached)
+    rows = [{"question": f"{context}{tag_text}Which colour is number {i % 100} ?", "choices": WORDS[i % 4: i % 4 + 4],
              "answer": i % 4} for i in range(n_questions)]
     data = folder / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -219,7 +220,7 @@ def scale() -> int:
     """The real shapes, each run once per client on a fresh test server:
     - client ceiling: 400 short prompts and 2,000 prompts of ~600 tokens against a zero-latency server;
     - saturation: 20,000 prompts of ~600 tokens, 20 ms latency, capacity 64 (ideal = 20,000 x 20 ms / 64);
-    - 45 subjects x 200 questions (36,000 short prompts) as 45 task entries of one benchmark: runner overhead per
+    - 45 subjects x 200 questions (36,000 prompts of ~50 tokens) as 45 task entries of one benchmark: runner overhead per
       task = (wall time - server busy span) / 45;
     - 50,000 samples with log_samples (a one-word generation task): peak RSS of runner + worker, and the time from
       the server's last answer to the runner's exit (lm-eval's results and samples files, the per-question score
@@ -236,8 +237,8 @@ def scale() -> int:
     write_task(tasks, "scale_long_ceiling", 500, context_words=590)
     write_task(tasks, "scale_long", 5000, context_words=590)
     subjects = [f"scale_subject_{i:02d}" for i in range(45)]
-    for name in subjects:
-        write_task(tasks, name, 200)
+    for i, name in enumerate(subjects):
+        write_task(tasks, name, 200, context_words=40, tag=i)
     write_generation_task(tasks, "scale_samples", 50000)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {work}", flush=True)
 

@@ -4,7 +4,8 @@ It is lm-eval's ``local-completions`` (``LocalCompletionsAPI``: same payloads, s
 answer parsing, same request cache, so tasks, metrics, scores and sample files are unchanged) with the per-request
 hot path rewritten: the payload is serialised and the answer parsed with orjson (a C parser; an echoed 600-token
 answer with its top log-probabilities is most of the client's time in the stock client, which parses it with the
-standard library through aiohttp), and the generation arguments are copied only when there are any.
+standard library through aiohttp), the generation arguments are copied only when there are any, and the
+log-likelihood prompts are tokenized in one batch call per task (each shared context once).
 
 One behaviour differs, on purpose: ``loglikelihood_rolling`` with more than one request in flight. The stock client
 hands the request cache the rolling windows' empty keys and fails (``TypeError: 'NoneType' object is not iterable``);
@@ -38,6 +39,41 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 @register_model(MODEL_NAME)
 class FastCompletionsAPI(LocalCompletionsAPI):
     """``local-completions`` with orjson on the wire (see the module's docstring)."""
+
+    _memo: dict | None = None  # string -> token ids, filled in bulk by ``loglikelihood``
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        """lm-eval's, with every string it will tokenize (each context once, each context + continuation) encoded in
+        one batch call of the same tokenizer first: the ids are the ones ``tok_encode`` gives one string at a
+        time, without a Python round trip per string, and a question's shared context is encoded once, not once per
+        choice."""
+        if self.tokenizer_backend == "huggingface" and getattr(self, "backend", "causal") == "causal":
+            wanted = {}
+            for context, continuation in (req.args for req in requests):
+                if context:
+                    n_spaces = len(context) - len(context.rstrip())  # as lm-eval's _encode_pair
+                    if n_spaces:
+                        continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
+                    wanted[context] = wanted[context + continuation] = None
+            if wanted:
+                strings = list(wanted)
+                ids = self.tokenizer(strings, add_special_tokens=bool(self.add_bos_token), truncation=False,
+                                     return_attention_mask=False).input_ids
+                self._memo = dict(zip(strings, ids, strict=True))
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._memo = None
+
+    def tok_encode(self, string, left_truncate_len=None, add_special_tokens=False, truncation=False, **kwargs):
+        memo = self._memo
+        if memo is not None and not add_special_tokens and not truncation and not left_truncate_len and not kwargs \
+                and isinstance(string, str):
+            found = memo.get(string)
+            if found is not None:
+                return list(found)
+        return super().tok_encode(string, left_truncate_len=left_truncate_len,
+                                  add_special_tokens=add_special_tokens, truncation=truncation, **kwargs)
 
     async def amodel_call(self, session, sem, messages, *, generate=True, cache_keys=None, ctxlens=None,
                           gen_kwargs=None, **kwargs):
