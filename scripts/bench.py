@@ -216,6 +216,40 @@ def write_generation_task(folder: Path, name: str, n_docs: int) -> None:
         "metadata:\n  version: 1\n")
 
 
+def client_alone(tokenizer: Path, context_words: int, n_questions: int) -> dict[str, tuple[float, float]]:
+    """Each client's own ceiling: lm-eval's model object in this process, log-likelihood requests (4 per question,
+    8 prompts per request, 16 in flight) against the test server in a separate process (so its CPU is not counted).
+    Returns prompts/s by wall time and by this process's CPU time (the client's cost alone)."""
+    import re
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from evalchemy.engines.lm_eval.fast_client import FastCompletionsAPI
+
+    srv = subprocess.Popen([PYTHON, "-m", "evalchemy.testing.server", "--tokenizer", str(tokenizer), "--model-name",
+                            "m", "--max-model-len", "4096"], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        port = re.search(r":(\d+)", srv.stdout.readline()).group(1)
+        context = " ".join(WORDS[(i * 7) % 8] for i in range(context_words)) + " " if context_words else ""
+        out = {}
+        for name, cls in (("evalchemy", FastCompletionsAPI), ("lm-eval", LocalCompletionsAPI)):
+            reqs = [Instance("loglikelihood", {}, (f"{context}{name} Question: Which colour is number {i % 100} ?"
+                                                   "\nAnswer:", f" {WORDS[(i + j) % 8]}"), idx=j)
+                    for i in range(n_questions) for j in range(4)]
+            lm = cls(base_url=f"http://127.0.0.1:{port}/v1/completions", model="m", tokenizer=str(tokenizer),
+                     tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=16, max_length=4096,
+                     batch_size=8)
+            wall, cpu = time.perf_counter(), time.process_time()
+            lm.loglikelihood(reqs, disable_tqdm=True)
+            out[name] = (len(reqs) / (time.perf_counter() - wall), len(reqs) / (time.process_time() - cpu))
+        return out
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
 def scale() -> int:
     """The real shapes, each run once per client on a fresh test server:
     - client ceiling: 400 short prompts and 2,000 prompts of ~600 tokens against a zero-latency server;
@@ -241,6 +275,10 @@ def scale() -> int:
         write_task(tasks, name, 200, context_words=40, tag=i)
     write_generation_task(tasks, "scale_samples", 50000)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {work}", flush=True)
+    for label, words, n in (("short prompts", 0, 500), ("~600-token prompts", 590, 500)):
+        for client, (by_wall, by_cpu) in client_alone(tokenizer, words, n).items():
+            print(f"[{client}] client alone, {label}: {by_wall:.0f} prompts/s wall (server in its own process), "
+                  f"{by_cpu:.0f} prompts/s of client CPU (target >= {2000 if not words else 800})", flush=True)
 
     def run(client_args, config_names, run_id, *, latency=0.0, capacity=None, extra=(), poll=False, config=None):
         cfg = config or config_for(work / f"{run_id}.json", config_names)
