@@ -314,8 +314,7 @@ def scale() -> int:
                                    "tasks": {n: {"enabled": True, "tasks": [n]} for n in subjects}}))
         r = run(args, [], f"subjects-{client}", config=cfg)
         print(f"[{client}] 45 subjects x 200 questions ({r['prompts']} prompts): wall {r['wall']:.1f} s, server busy "
-              f"{r['span']:.1f} s, runner overhead per task {(r['wall'] - r['span']) / 45:.3f} s (target <= 0.15 s); "
-              f"peak RSS {r['peak_mb']:.0f} MB", flush=True)
+              f"{r['span']:.1f} s, runner overhead per task {(r['wall'] - r['span']) / 45:.3f} s (target <= 0.15 s)", flush=True)
     for client, args in CLIENTS:
         cfg = work / f"samples-{client}.json"
         cfg.write_text(json.dumps({"benchmarks": {"samples": {"enabled": True, "tasks": ["samples"]}},
