@@ -24,6 +24,8 @@ DEFAULT_REQUEST_TIMEOUT_S = 120
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_MAX_LENGTH = 2048
 LM_EVAL_MODEL = "local-completions"
+FAST_MODEL = "evalchemy-completions"  # engines/lm_eval/fast_client.py; registered in the worker only
+CLIENTS = ("evalchemy", "lm-eval")
 
 
 
@@ -42,6 +44,15 @@ class ModelSettings:
     max_length: int = DEFAULT_MAX_LENGTH
     single_stream: bool = False  # the server takes one request at a time (the embedded model): no task overrides it
     lm_eval_model: str = LM_EVAL_MODEL  # echo.ECHO_MODEL when the server's echo omits end-of-text (echo.check)
+    client: str = "evalchemy"  # "evalchemy": the lean client (not for the embedded model); "lm-eval": the stock one
+
+    @property
+    def worker_model(self) -> str:
+        """The lm-eval model type the worker runs: the echo-checked one when the echo check chose it, else the lean
+        client (the printed ``lm_eval run`` line keeps the stock one, which gives the same results)."""
+        if self.lm_eval_model != LM_EVAL_MODEL:
+            return self.lm_eval_model
+        return FAST_MODEL if self.client == "evalchemy" and not self.single_stream else LM_EVAL_MODEL
 
     def for_run(self, run: TaskRun) -> ModelSettings:
         """These settings with the task entry's own concurrency, if it has one."""
@@ -298,7 +309,7 @@ def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings, use_cache: str | 
     """Keyword arguments for ``lm_eval.simple_evaluate`` (without the TaskManager, which the worker builds)."""
     return {
         "use_cache": use_cache,
-        "model": model.lm_eval_model,
+        "model": model.worker_model,
         "model_args": model.for_run(run).model_args(),
         "tasks": list(run.tasks),
         "num_fewshot": run.num_fewshot,

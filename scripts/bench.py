@@ -1,11 +1,13 @@
 """Performance figures of the runner against the project's test server (a benchmark, not a test).
 
-    .venv/bin/python scripts/bench.py [--repeat 5] [--skip-loop]
+    .venv/bin/python scripts/bench.py [--repeat 5] [--skip-loop] [--scale]
 
 Prints one line per figure: control-command wall times, the 8-benchmark config through the runner vs. a loop of
 plain `lm_eval run` calls, endpoint saturation (400 log-likelihood requests at 50 ms latency, 16 in flight) for the
 runner's defaults and for lm-eval's defaults, the client ceiling against a zero-latency server, the requests a
 resumed identical run sends, and the run's peak memory. Everything runs on 127.0.0.1 with data this script writes.
+``--scale`` runs only the real shapes instead, each with the lean client (default) and lm-eval's stock client
+(``--client lm-eval``) one after the other: see ``scale`` below.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ PYTHON = sys.executable
 WORDS = ["red", "blue", "green", "gold", "black", "white", "pink", "gray"]
 
 
-def write_task(folder: Path, name: str, n_questions: int) -> None:
-    rows = [{"question": f"Which colour is number {i} ?", "choices": WORDS[i % 4: i % 4 + 4], "answer": i % 4}
-            for i in range(n_questions)]
+def write_task(folder: Path, name: str, n_questions: int, context_words: int = 0, tag: int | None = None) -> None:
+    """``context_words`` > 0: a long shared context before each question (one token per word with the bench's
+    tokenizer), like a 5-shot prompt."""
+    context = " ".join(WORDS[(i * 7) % 8] for i in range(context_words)) + " " if context_words else ""
+    tag_text = f"{tag} " if tag is not None else ""  # tasks of one run with distinct prompts (none cached)
+    rows = [{"question": f"{context}{tag_text}Which colour is number {i % 100} ?", "choices": WORDS[i % 4: i % 4 + 4],
+             "answer": i % 4} for i in range(n_questions)]
     data = folder / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / f"{name}.yaml").write_text(
@@ -114,7 +120,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs of each control command (median reported)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the slow loop of plain lm_eval calls")
+    parser.add_argument("--scale", action="store_true", help="only the real shapes, lean client beside lm-eval's")
     opts = parser.parse_args()
+    if opts.scale:
+        return scale()
 
     work = Path(tempfile.mkdtemp(prefix="evalchemy-bench-"))
     tasks = work / "tasks"
@@ -188,6 +197,133 @@ def main() -> int:
         span = busy_span(srv)
         print(f"client ceiling: {prompts(srv) / span:.0f} prompts/s against a zero-latency server "
               f"({prompts(srv)} prompts in {len(srv.requests)} requests in {span:.2f} s)")
+    return 0
+
+
+CLIENTS = (("evalchemy", ()), ("lm-eval", ("--client", "lm-eval")))
+
+
+def write_generation_task(folder: Path, name: str, n_docs: int) -> None:
+    rows = [{"question": f"Name colour number {i % 100}", "target": WORDS[i % 8]} for i in range(n_docs)]
+    data = folder / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "output_type: generate_until\ntest_split: test\n"
+        'doc_to_text: "{{question}}\\nAnswer:"\ndoc_to_target: "{{target}}"\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 4\n'
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1\n")
+
+
+def client_alone(tokenizer: Path, context_words: int, n_questions: int) -> dict[str, tuple[float, float]]:
+    """Each client's own ceiling: lm-eval's model object in this process, log-likelihood requests (4 per question,
+    8 prompts per request, 16 in flight) against the test server in a separate process (so its CPU is not counted).
+    Returns prompts/s by wall time and by this process's CPU time (the client's cost alone)."""
+    import re
+
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from evalchemy.engines.lm_eval.fast_client import FastCompletionsAPI
+
+    srv = subprocess.Popen([PYTHON, "-m", "evalchemy.testing.server", "--tokenizer", str(tokenizer), "--model-name",
+                            "m", "--max-model-len", "4096"], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        port = re.search(r":(\d+)", srv.stdout.readline()).group(1)
+        context = " ".join(WORDS[(i * 7) % 8] for i in range(context_words)) + " " if context_words else ""
+        out = {}
+        for name, cls in (("evalchemy", FastCompletionsAPI), ("lm-eval", LocalCompletionsAPI)):
+            reqs = [Instance("loglikelihood", {}, (f"{context}{name} Question: Which colour is number {i % 100} ?"
+                                                   "\nAnswer:", f" {WORDS[(i + j) % 8]}"), idx=j)
+                    for i in range(n_questions) for j in range(4)]
+            lm = cls(base_url=f"http://127.0.0.1:{port}/v1/completions", model="m", tokenizer=str(tokenizer),
+                     tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=16, max_length=4096,
+                     batch_size=8)
+            wall, cpu = time.perf_counter(), time.process_time()
+            lm.loglikelihood(reqs, disable_tqdm=True)
+            out[name] = (len(reqs) / (time.perf_counter() - wall), len(reqs) / (time.process_time() - cpu))
+        return out
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
+def scale() -> int:
+    """The real shapes, each run once per client on a fresh test server:
+    - client ceiling: 400 short prompts and 2,000 prompts of ~600 tokens against a zero-latency server;
+    - saturation: 20,000 prompts of ~600 tokens, 20 ms latency, capacity 64 (ideal = 20,000 x 20 ms / 64);
+    - 45 subjects x 200 questions (36,000 prompts of ~50 tokens) as 45 task entries of one benchmark: runner overhead per
+      task = (wall time - server busy span) / 45;
+    - 50,000 samples with log_samples (a one-word generation task): peak RSS of runner + worker, and the time from
+      the server's last answer to the runner's exit (lm-eval's results and samples files, the per-question score
+      files, the summary).
+    Every run also collects lm-eval's samples (the worker always asks for them)."""
+    work = Path(tempfile.mkdtemp(prefix="evalchemy-scale-"))
+    tasks = work / "tasks"
+    tasks.mkdir()
+    tokenizer = build_test_tokenizer(work / "tokenizer", ["Question : Which colour is number ? Answer : Name",
+                                                          *WORDS, *map(str, range(100))])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "NO_PROXY": "127.0.0.1",
+           "EVALCHEMY_CACHE_DIR": str(work / "cache")}
+    write_task(tasks, "scale_short", 100)
+    write_task(tasks, "scale_long_ceiling", 500, context_words=590)
+    write_task(tasks, "scale_long", 5000, context_words=590)
+    subjects = [f"scale_subject_{i:02d}" for i in range(45)]
+    for i, name in enumerate(subjects):
+        write_task(tasks, name, 200, context_words=40, tag=i)
+    write_generation_task(tasks, "scale_samples", 50000)
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {work}", flush=True)
+    for label, words, n in (("short prompts", 0, 500), ("~600-token prompts", 590, 500)):
+        for client, (by_wall, by_cpu) in client_alone(tokenizer, words, n).items():
+            print(f"[{client}] client alone, {label}: {by_wall:.0f} prompts/s wall (server in its own process), "
+                  f"{by_cpu:.0f} prompts/s of client CPU (target >= {2000 if not words else 800})", flush=True)
+
+    def run(client_args, config_names, run_id, *, latency=0.0, capacity=None, extra=(), poll=False, config=None):
+        cfg = config or config_for(work / f"{run_id}.json", config_names)
+        with TestServer(tokenizer, "bench-model", latency=latency, capacity=capacity, max_model_len=4096,
+                        answers={"favoured": ["red"]}) as srv:
+            started = time.monotonic()
+            wall, peak_kb, _ = run_runner(["--endpoint", srv.base_url, "--config", str(cfg), "--run-id", run_id,
+                                           "--include-path", str(tasks), "--output", str(work / "results"),
+                                           *extra, *client_args], env, poll=poll)
+            ended = time.monotonic()
+            last_answer = max(end for _, end in srv.timings)
+            return {"wall": wall, "peak_mb": peak_kb / 1024, "span": busy_span(srv), "prompts": prompts(srv),
+                    "requests": len(srv.requests), "tail": ended - last_answer, "started": started}
+
+    for client, args in CLIENTS:
+        r = run(args, ["scale_short"], f"ceil-short-{client}")
+        print(f"[{client}] client ceiling, short prompts: {r['prompts'] / r['span']:.0f} prompts/s "
+              f"({r['prompts']} prompts in {r['requests']} requests in {r['span']:.2f} s; target >= 2,000)", flush=True)
+        r = run(args, ["scale_long_ceiling"], f"ceil-long-{client}")
+        print(f"[{client}] client ceiling, ~600-token prompts: {r['prompts'] / r['span']:.0f} prompts/s "
+              f"({r['prompts']} prompts in {r['requests']} requests in {r['span']:.2f} s; target >= 800)", flush=True)
+    for client, args in CLIENTS:
+        latency, capacity = 0.02, 64
+        r = run(args, ["scale_long"], f"sat-{client}", latency=latency, capacity=capacity,
+                extra=("--concurrency", "16"))
+        ideal = r["prompts"] * latency / capacity
+        print(f"[{client}] saturation, {r['prompts']} prompts of ~600 tokens, 20 ms, capacity 64: {r['span']:.2f} s "
+              f"server-side, ideal {ideal:.2f} s, ideal/runner {ideal / r['span']:.3f} (target >= 0.95); "
+              f"wall {r['wall']:.1f} s", flush=True)
+    for client, args in CLIENTS:
+        cfg = work / f"subjects-{client}.json"
+        cfg.write_text(json.dumps({"benchmarks": {"kmmlu45": {"enabled": True, "tasks": subjects}},
+                                   "tasks": {n: {"enabled": True, "tasks": [n]} for n in subjects}}))
+        r = run(args, [], f"subjects-{client}", config=cfg)
+        print(f"[{client}] 45 subjects x 200 questions ({r['prompts']} prompts): wall {r['wall']:.1f} s, server busy "
+              f"{r['span']:.1f} s, runner overhead per task {(r['wall'] - r['span']) / 45:.3f} s (target <= 0.15 s)", flush=True)
+    for client, args in CLIENTS:
+        cfg = work / f"samples-{client}.json"
+        cfg.write_text(json.dumps({"benchmarks": {"samples": {"enabled": True, "tasks": ["samples"]}},
+                                   "tasks": {"samples": {"enabled": True, "tasks": ["scale_samples"],
+                                                         "log_samples": True}}}))
+        r = run(args, [], f"samples-{client}", config=cfg, poll=True)
+        print(f"[{client}] 50,000 samples with log_samples: wall {r['wall']:.1f} s, server busy {r['span']:.1f} s, "
+              f"from the last answer to the runner's exit {r['tail']:.1f} s, peak RSS {r['peak_mb']:.0f} MB "
+              "(target <= 400 MB)", flush=True)
     return 0
 
 

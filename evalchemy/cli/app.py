@@ -351,6 +351,9 @@ class EvalchemyCommand(click.Command):
               help="Send every request to the endpoint (the preflight and all of lm-eval's) through this HTTP proxy, "
                    "e.g. http://proxy:3128. Default: straight to the endpoint; http_proxy, https_proxy and all_proxy "
                    "are not used for it.")
+@click.option("--client", type=click.Choice(["evalchemy", "lm-eval"]), default="evalchemy", show_default=True,
+              help="Client for the endpoint: evalchemy's lean one (same results, less CPU per prompt) or lm-eval's "
+                   "stock local-completions. The embedded model always uses lm-eval's.")
 @click.option("--notify-url", metavar="URL",
               help="POST a JSON (run id, status, scores, summary path) here when the run ends; a failure to notify "
                    "is logged and does not change the exit code.")
@@ -376,7 +379,7 @@ class EvalchemyCommand(click.Command):
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
         request_timeout, include_paths, data_dir, api_key_env, notify_url, store, max_failed_requests, online, fresh, write_report, list_benchmarks,
-        validate_config, dry_run, log_level, proxy_url=None):
+        validate_config, dry_run, log_level, proxy_url=None, client="evalchemy"):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -384,7 +387,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     results store. Other commands: compare, leaderboard, history, store (each with --help).
     """
     from evalchemy import plan as plan_mod
-    from evalchemy.execution import runner
+    from evalchemy.execution import runid
 
     log_level = log_level.upper()
     setup_console_logging(log_level)
@@ -395,12 +398,12 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         raise UsageError(f"{' and '.join(modes)} cannot be combined: pick one")
     config_file = Path(config_path) if config_path else home() / "configs" / "eval_config.json"
     output = Path(output_dir) if output_dir else home() / "results"
-    run_id = runner.check_run_id(run_id if run_id is not None else runner.default_run_id())
-    gpu = runner.check_gpu(gpu)
+    run_id = runid.check_run_id(run_id if run_id is not None else runid.default_run_id())
+    gpu = runid.check_gpu(gpu)
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key = os.environ.get(api_key_env)
-    from evalchemy.execution import notify as notify_mod
-
+    if notify_url:
+        from evalchemy.execution import notify as notify_mod
     notify_secrets = notify_mod.secrets(notify_url) if notify_url else ()
     redaction.protect(api_key, *notify_secrets)
     if api_key is None and api_key_env != "OPENAI_API_KEY":
@@ -461,6 +464,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if not endpoint:
         raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
                          "--endpoint http://gpu-box:8000/v1/completions")
+    from evalchemy.execution import runner
     from evalchemy.store.db import resolve_url
 
     opts = runner.RunOptions(
@@ -477,6 +481,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         proxy=proxy_url,
         store=resolve_url(store, output),
         more_endpoints=more_endpoints,
+        client=client,
     )
     from evalchemy.execution import signals, storage
     from evalchemy.execution.lock import RunLock

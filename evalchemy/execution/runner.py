@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 
 from evalchemy.backends import llamacpp as local_model, openai_completions as endpoint_mod
@@ -50,27 +47,8 @@ from evalchemy.execution.storage import DiskFullError, free_space, is_disk_full,
 
 logger = logging.getLogger(__name__)
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-GPU_PATTERN = re.compile(r"^[0-9]+(,[0-9]+)*$")
-
-
-def default_run_id() -> str:
-    return f"{datetime.now():%Y%m%d_%H%M%S}_{os.getpid()}"
-
-
-def check_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id) or run_id in (".", ".."):
-        raise UsageError(
-            f"--run-id {run_id!r}: use 1 to 128 letters, digits, '.', '_' or '-' (not '.' or '..'); "
-            "it names a folder under --output"
-        )
-    return run_id
-
-
-def check_gpu(gpu: str | None) -> str | None:
-    if gpu is not None and not GPU_PATTERN.match(gpu):
-        raise UsageError(f"--gpu {gpu!r}: expected GPU ids separated by commas, such as 0 or 0,1")
-    return gpu
+from evalchemy.execution.runid import (  # noqa: E402,F401 - part of this module's interface
+    GPU_PATTERN, RUN_ID_PATTERN, check_gpu, check_run_id, default_run_id)
 
 
 @dataclass(frozen=True)
@@ -93,6 +71,7 @@ class RunOptions:
     proxy: str | None = field(default=None, repr=False)  # every request to the endpoint goes through this HTTP proxy
     store: str | None = None  # the results store's URL; the run records itself there at its end
     more_endpoints: tuple[str, ...] = ()  # the same model served elsewhere: benchmarks spread over all (spread.py)
+    client: str = "evalchemy"  # "lm-eval": lm-eval's stock local-completions client instead of the lean one
 
     @property
     def run_dir(self) -> Path:
@@ -170,6 +149,7 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
         max_retries=opts.max_retries,
         timeout=opts.request_timeout,
         max_length=max_length,
+        client=opts.client,
     )
     try:
         format_model_args(settings.model_args())

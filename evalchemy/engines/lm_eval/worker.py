@@ -135,6 +135,9 @@ def main() -> int:
     stats = RequestStats.from_env()
     stats.install()
     failures.install()
+    from evalchemy.engines.lm_eval import fast_client  # registers the lean client with lm-eval
+
+    fast_client.count_attempts(stats)
     proxy.install_from_env()
     for line in sys.stdin:
         if not line.strip():

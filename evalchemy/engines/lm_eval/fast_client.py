@@ -1,0 +1,136 @@
+"""The lean completions client for vLLM-like servers: lm-eval model type ``evalchemy-completions``.
+
+It is lm-eval's ``local-completions`` (``LocalCompletionsAPI``: same payloads, same batching, same retries, same
+answer parsing, same request cache, so tasks, metrics, scores and sample files are unchanged) with the per-request
+hot path rewritten: the payload is serialised and the answer parsed with orjson (a C parser; an echoed 600-token
+answer with its top log-probabilities is most of the client's time in the stock client, which parses it with the
+standard library through aiohttp), the generation arguments are copied only when there are any, and the
+log-likelihood prompts are tokenized in one batch call per task (each shared context once).
+
+One behaviour differs, on purpose: ``loglikelihood_rolling`` with more than one request in flight. The stock client
+hands the request cache the rolling windows' empty keys and fails (``TypeError: 'NoneType' object is not iterable``);
+this one skips them as lm-eval's one-request-at-a-time path does, and caches the whole text's answer like it.
+
+Answers are parsed by the inherited ``parse_logprobs`` / ``parse_generations``, so the worker's checks on them
+(``failures.install``: an echo answer without log-probabilities; ``accounting``: empty answers) apply unchanged.
+``count_attempts`` wraps this class's request method with the worker's ``RequestStats`` like lm-eval's own.
+
+Registered in lm-eval's model registry when this module is imported (the worker imports it). ``lm_eval run`` on the
+command line does not import it: ``--dry-run`` prints the stock ``local-completions`` line, which gives the same
+results (tests/test_fast_client.py compares both clients on the same server).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+
+import orjson
+from lm_eval.api.registry import register_model
+from lm_eval.models import api_models
+from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+MODEL_NAME = "evalchemy-completions"
+eval_logger = logging.getLogger("lm_eval.models.api_models")  # lm-eval's own logger: same warnings, same place
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@register_model(MODEL_NAME)
+class FastCompletionsAPI(LocalCompletionsAPI):
+    """``local-completions`` with orjson on the wire (see the module's docstring)."""
+
+    _memo: dict | None = None  # string -> token ids, filled in bulk by ``loglikelihood``
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        """lm-eval's, with every string it will tokenize (each context once, each context + continuation) encoded in
+        one batch call of the same tokenizer first: the ids are the ones ``tok_encode`` gives one string at a
+        time, without a Python round trip per string, and a question's shared context is encoded once, not once per
+        choice."""
+        if self.tokenizer_backend == "huggingface" and getattr(self, "backend", "causal") == "causal":
+            wanted = {}
+            for context, continuation in (req.args for req in requests):
+                if context:
+                    n_spaces = len(context) - len(context.rstrip())  # as lm-eval's _encode_pair
+                    if n_spaces:
+                        continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
+                    wanted[context] = wanted[context + continuation] = None
+            if wanted:
+                strings = list(wanted)
+                ids = self.tokenizer(strings, add_special_tokens=bool(self.add_bos_token), truncation=False,
+                                     return_attention_mask=False).input_ids
+                self._memo = dict(zip(strings, ids, strict=True))
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._memo = None
+
+    def tok_encode(self, string, left_truncate_len=None, add_special_tokens=False, truncation=False, **kwargs):
+        memo = self._memo
+        if memo is not None and not add_special_tokens and not truncation and not left_truncate_len and not kwargs \
+                and isinstance(string, str):
+            found = memo.get(string)
+            if found is not None:
+                return list(found)
+        return super().tok_encode(string, left_truncate_len=left_truncate_len,
+                                  add_special_tokens=add_special_tokens, truncation=truncation, **kwargs)
+
+    async def amodel_call(self, session, sem, messages, *, generate=True, cache_keys=None, ctxlens=None,
+                          gen_kwargs=None, **kwargs):
+        gen_kwargs = copy.deepcopy(gen_kwargs) if gen_kwargs else gen_kwargs  # the stock client copies too
+        payload = self._create_payload(self.create_message(messages), generate=generate, gen_kwargs=gen_kwargs,
+                                       seed=self._seed, **kwargs)
+        body = orjson.dumps(payload)
+        headers = {**self.header, **_JSON_HEADERS}
+        cache_method = "generate_until" if generate else "loglikelihood"
+        acquired = await sem.acquire()
+        try:
+            async with session.post(self.base_url, data=body, headers=headers) as response:
+                if not response.ok:
+                    error_text = await response.text()
+                    eval_logger.warning(f"API request failed! Status code: {response.status}, "
+                                        f"Response text: {error_text}. Retrying...")
+                response.raise_for_status()  # retried by lm-eval, as with the stock client
+                outputs = _loads(await response.read())
+            if generate:
+                tmp_answers = self.parse_generations(outputs=outputs)
+            else:
+                tmp_answers = self.parse_logprobs(outputs=outputs, tokens=messages, ctxlens=ctxlens)
+            placeholder = api_models.LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER
+            answers = []
+            for a in tmp_answers:
+                if a is None:
+                    eval_logger.warning(f"API returned null content. Content filled with "
+                                        f"`LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER = {placeholder}`. Check "
+                                        "reasoning_content field or generation limits.")
+                    a = placeholder
+                answers.append(a)
+            if cache_keys:
+                add = self.cache_hook.add_partial
+                for res, cache in zip(answers, cache_keys, strict=False):
+                    if cache is not None:  # loglikelihood_rolling's pieces: lm-eval caches the whole text itself
+                        add(cache_method, cache, res)
+            return answers
+        except BaseException as e:
+            eval_logger.error(f"Exception:{e!r}, {locals().get('outputs', '(no outputs)')}, retrying.")
+            raise
+        finally:
+            if acquired:
+                sem.release()
+
+
+def _loads(raw: bytes):
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # the standard library's error, so the job's error reads as the stock client's
+        return json.loads(raw.decode("utf-8", errors="replace"))
+
+
+def count_attempts(stats) -> None:
+    """Count this client's HTTP attempts and failed attempts with the worker's ``RequestStats``, as its ``install``
+    does for lm-eval's own request methods (requests sent are counted by aiohttp's tracing, for every client)."""
+    method = FastCompletionsAPI.__dict__["amodel_call"]
+    if not getattr(method, "_evalchemy_counted", False):
+        wrapped = stats.counting(method)
+        wrapped._evalchemy_counted = True
+        FastCompletionsAPI.amodel_call = wrapped

@@ -1,0 +1,147 @@
+"""The lean client (default) and lm-eval's stock local-completions (--client lm-eval) on the same test server give
+the same scores, stderrs, samples, per-question score files and request counts, and fail the same way."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from evalchemy.testing.server import TestServer
+from tests.test_run import FAVOURED, GENERATIONS, assets, demo_config, run_cli  # noqa: F401 - fixture
+
+CLIENTS = {"fast": (), "stock": ("--client", "lm-eval")}
+VOLATILE = re.compile(r"(\"(date|start_time|end_time|total_evaluation_time_seconds|started_at|finished_at|"
+                      r"duration_s|pid|host|git_hash|model_name_sanitized)\": )(\"[^\"]*\"|[0-9.e+-]+)")
+
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d+")
+
+
+def _rolling_task(folder: Path) -> Path:
+    tasks = folder / "rolling_tasks"
+    tasks.mkdir(exist_ok=True)
+    (tasks / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                                               ["Paris is in France", "Oslo and Berlin", "the river and the cloud"]))
+    (tasks / "rolling.yaml").write_text(
+        "task: demo_rolling\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {tasks / 'texts.jsonl'}\noutput_type: loglikelihood_rolling\ntest_split: test\n"
+        'doc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n"
+        "metadata:\n  version: 1\n")
+    return tasks
+
+
+def _normalised(path: Path, root: Path) -> str:
+    text = path.read_text(encoding="utf-8").replace(str(root), "<ROOT>")
+    text = text.replace("evalchemy-completions", "<MODEL>").replace("local-completions", "<MODEL>")
+    return STAMP.sub("<T>", VOLATILE.sub(r"\1<volatile>", text))
+
+
+def _files(root: Path) -> dict[str, Path]:
+    """Results, samples and score files by their name with lm-eval's timestamp masked."""
+    return {STAMP.sub("<T>", str(p.relative_to(root))): p for p in sorted(root.rglob("*"))
+            if p.is_file() and p.suffix in {".json", ".jsonl", ".csv"} and "request_cache" not in str(p)}
+
+
+def _run_both(srv, assets, write_config, tmp_path, config, *extra):
+    out = {}
+    for name, flag in CLIENTS.items():
+        root = tmp_path / name
+        done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(root), "--run-id", "r",
+                       "--include-path", str(assets["tasks_dir"]), *extra, *flag)
+        summary = json.loads((root / "r" / "evalchemy_summary_r.json").read_text(encoding="utf-8"))
+        out[name] = (done, summary, root)
+    return out
+
+
+def test_both_clients_give_identical_results_files_and_counts(assets, write_config, tmp_path):
+    """Multiple choice (English, Korean group with a per-subject breakdown) and generation with a stop string,
+    every task with log_samples: every file of the two runs is the same but for times and the model type's name."""
+    config = demo_config()
+    for bench in ("echo",):
+        config["tasks"][bench] = {"enabled": True, "tasks": config["benchmarks"][bench]["tasks"], "log_samples": True}
+        config["benchmarks"][bench]["tasks"] = [bench]
+    for entry in config["tasks"].values():
+        entry["log_samples"] = True
+    with TestServer(assets["tokenizer"], "test-model",
+                    answers={"favoured": sorted(FAVOURED), "generations": GENERATIONS}) as srv:
+        runs = _run_both(srv, assets, write_config, tmp_path, write_config(config))
+        # the same requests reached the server from both clients
+        half = len(srv.requests) // 2
+        key = lambda body: json.dumps(body, sort_keys=True)  # noqa: E731
+        assert sorted(map(key, srv.requests[:half])) == sorted(map(key, srv.requests[half:]))
+    (fast_done, fast, fast_root), (stock_done, stock, stock_root) = runs["fast"], runs["stock"]
+    assert fast_done.returncode == stock_done.returncode == 0, fast_done.stderr + stock_done.stderr
+    for bench in fast["benchmarks"]:
+        assert fast["benchmarks"][bench]["metrics"] == stock["benchmarks"][bench]["metrics"], bench
+        assert fast["benchmarks"][bench]["requests"] == stock["benchmarks"][bench]["requests"], bench
+    fast_files, stock_files = _files(fast_root), _files(stock_root)
+    assert list(fast_files) == list(stock_files)
+    assert any("samples_" in name for name in fast_files)
+    for name, path in fast_files.items():
+        if not path.name.startswith("evalchemy_summary"):  # compared above, field by field (durations differ)
+            assert _normalised(path, fast_root) == _normalised(stock_files[name], stock_root), name
+
+
+def test_rolling_log_likelihood_with_requests_in_flight(assets, write_config, tmp_path):
+    """loglikelihood_rolling: the lean client, 16 requests in flight, gives the perplexities and samples the stock
+    client gives one request at a time (the stock client fails with requests in flight: lm-eval's request cache
+    is handed the rolling windows' empty keys)."""
+    rolling = _rolling_task(tmp_path)
+    config = write_config({"benchmarks": {"rolling": {"enabled": True, "tasks": ["rolling"]}},
+                           "tasks": {"rolling": {"enabled": True, "tasks": ["demo_rolling"], "log_samples": True}}})
+    roots = {}
+    with TestServer(assets["tokenizer"], "test-model", answers={"favoured": sorted(FAVOURED)}) as srv:
+        for name, extra in (("fast", ()), ("stock", ("--client", "lm-eval", "--concurrency", "1")),
+                            ("stock16", ("--client", "lm-eval"))):
+            roots[name] = tmp_path / name
+            done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(roots[name]),
+                           "--run-id", "r", "--include-path", str(rolling), *extra)
+            assert done.returncode == (4 if name == "stock16" else 0), done.stderr
+    summaries = {n: json.loads((r / "r" / "evalchemy_summary_r.json").read_text()) for n, r in roots.items()}
+    fast, stock = summaries["fast"]["benchmarks"]["rolling"], summaries["stock"]["benchmarks"]["rolling"]
+    assert fast["status"] == stock["status"] == "success"
+    assert fast["metrics"] == stock["metrics"]
+    assert fast["requests"] == stock["requests"] == {"sent": 3, "failed_attempts": 0, "empty_answers": 0,
+                                                     "truncated_prompts": 0}
+    assert summaries["stock16"]["benchmarks"]["rolling"]["error"] == (
+        "rolling: TypeError: 'NoneType' object is not iterable")
+    fast_samples = sorted((roots["fast"] / "r").rglob("samples_*.jsonl"))
+    stock_samples = sorted((roots["stock"] / "r").rglob("samples_*.jsonl"))
+    assert len(fast_samples) == len(stock_samples) == 1
+    assert _normalised(fast_samples[0], roots["fast"]) == _normalised(stock_samples[0], roots["stock"])
+
+
+CAPITALS_ONLY = {"benchmarks": {"capitals": {"enabled": True, "tasks": ["demo_capitals"]}}}
+
+
+@pytest.mark.parametrize("fault", [{"fail_first": 3}, {"malformed": True}, {"no_logprobs": True},
+                                   {"hang": 30}])
+def test_both_clients_fail_and_count_the_same_way(assets, write_config, tmp_path, fault):
+    """HTTP 500s retried, malformed JSON, answers without log-probabilities, a request timeout, each on a fresh
+    server per client: same status, same error text, same request counts (one prompt per request, one in flight,
+    so counts are exact)."""
+    config = write_config(CAPITALS_ONLY)
+    runs, arrived = {}, {}
+    for name, flag in CLIENTS.items():
+        with TestServer(assets["tokenizer"], "test-model", answers={"favoured": sorted(FAVOURED)}, **fault) as srv:
+            done = run_cli("--endpoint", srv.base_url, "--config", str(config), "--output", str(tmp_path / name),
+                           "--run-id", "r", "--include-path", str(assets["tasks_dir"]), "--batch-size", "1",
+                           "--concurrency", "1" if "hang" in fault else "4", "--request-timeout", "1", *flag)
+            arrived[name] = len(srv.requests)
+        summary = json.loads((tmp_path / name / "r" / "evalchemy_summary_r.json").read_text(encoding="utf-8"))
+        runs[name] = (done.returncode, summary["benchmarks"]["capitals"])
+    (fast_code, fast), (stock_code, stock) = runs["fast"], runs["stock"]
+    assert fast_code == stock_code == (0 if "fail_first" in fault else 4)
+    assert (fast["status"], fast.get("error")) == (stock["status"], stock.get("error"))
+    assert fast.get("metrics") == stock.get("metrics")
+    if "fail_first" in fault or "hang" in fault:
+        assert fast["requests"] == stock["requests"]
+        assert arrived["fast"] == arrived["stock"] == fast["requests"]["sent"]
+    else:  # requests in flight when lm-eval gives up end differently from run to run: both count what arrived
+        for name, bench in (("fast", fast), ("stock", stock)):
+            assert bench["requests"]["failed_attempts"] >= 1
+            assert arrived[name] <= bench["requests"]["sent"] <= arrived[name] + 4
