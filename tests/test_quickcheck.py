@@ -12,7 +12,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from evalchemy.config.model import load_schema
-from evalchemy.config.model.quickcheck import certainly_valid
+from evalchemy.config.quickcheck import certainly_valid
 from tests.conftest import PROJECT
 
 SCHEMA = load_schema()

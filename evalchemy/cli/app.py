@@ -551,7 +551,7 @@ def _report_disk_full(result, logs, run_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from evalchemy.execution import signals
-    from evalchemy.cli.app import queue_commands, report_commands, store_commands
+    from evalchemy.cli import queue_commands, report_commands, store_commands
 
     args = list(sys.argv[1:] if argv is None else argv)
     report_commands.register(commands)

@@ -238,7 +238,7 @@ def _close(word: str, choices) -> str | None:
 
 
 def schema_problems(data: object) -> list[str]:
-    from evalchemy.config.model.quickcheck import certainly_valid
+    from evalchemy.config.quickcheck import certainly_valid
 
     if certainly_valid(load_schema(), data):  # a valid config does not import jsonschema
         return []
