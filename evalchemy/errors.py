@@ -87,3 +87,16 @@ class Interrupted(EvalchemyError):
         self.signum = signum
         self.exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+
+def run_exit_code(*, internal: bool, interrupted: Interrupted | None, preflight_failed: bool, succeeded: bool) -> int:
+    """A run's exit code from its outcome: with the exceptions' ``exit_code`` above, the one map of outcomes to exit
+    codes. The runner asks for it (rather than the CLI) because the summary records the code before the process
+    exits; the CLI exits with the summary's code."""
+    if internal:
+        return EXIT_INTERNAL
+    if interrupted is not None:
+        return interrupted.exit_code
+    if preflight_failed:
+        return EXIT_PREFLIGHT
+    return EXIT_OK if succeeded else EXIT_BENCHMARKS_FAILED

@@ -27,7 +27,7 @@ import mmap
 import re
 from pathlib import Path
 from typing import Iterable
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
 
@@ -256,3 +256,25 @@ def scan_run_folder(run_dir: Path, redactor: Redactor) -> dict:
         logger.warning("%d file(s) of the run folder could not be searched for the API key: %s; check them "
                        "before sharing the folder", len(failed), ", ".join(failed))
     return {"scrubbed_files": scrubbed, "failed_files": failed}
+
+
+# URLs in messages: the one place that hides a URL's credentials
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without user:password (for the summary and logs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def redact_url(raw: str) -> str:
+    """The URL for messages and logs: user:password, every query value and the fragment replaced by ``***``, even
+    when it does not parse as a URL."""
+    text = re.sub(r"//[^/?#]*@", "//***@", raw, count=1)
+    head, hash_mark, fragment = text.partition("#")
+    base, question_mark, query = head.partition("?")
+    query = "&".join(item.split("=", 1)[0] + "=***" if "=" in item else item and "***" for item in query.split("&"))
+    return base + question_mark + query + hash_mark + ("***" if fragment else "")

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from evalchemy import proxy
 from evalchemy.backends.echo_check import ECHO_MODEL
-from evalchemy.errors import PreflightError
+from evalchemy.backends.base import Backend
+from evalchemy.errors import PreflightError, UsageError
 from evalchemy.execution.process import die_with_parent, stop_process_group
 
 logger = logging.getLogger(__name__)
@@ -365,13 +366,14 @@ def verify(log_path: Path | None = None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``build-tokenizer [OUT_DIR]`` or ``verify``; the set-up script's steps. Messages go to stderr."""
+    """``build-tokenizer [OUT_DIR]`` or ``verify``; the set-up script's steps. Messages go to stderr; the exit code
+    is the project's error's (errors.py): 2 usage, 3 the model or its tokenizer unusable, 0 done."""
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args or args[0] not in ("build-tokenizer", "verify") or (args[0] == "verify" and len(args) > 1) \
             or len(args) > 2:
         logger.error("usage: python -m evalchemy.backends.llamacpp build-tokenizer [OUT_DIR] | verify")
-        return 2
+        return UsageError.exit_code
     try:
         if args[0] == "build-tokenizer":
             out = build_tokenizer(model_file(), Path(args[1]) if len(args) > 1 else tokenizer_location())
@@ -386,10 +388,52 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         logger.error("error: %s", problem)
     if problems:
-        return 1
+        return PreflightError.exit_code
     logger.info("tokenizer matches llama.cpp on %d texts; echoed log-probabilities line up", len(VERIFY_TEXTS))
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class LlamaCppBackend(Backend):
+    """The embedded SmolLM2 model, served by llama-cpp-python on 127.0.0.1 for the run."""
+
+    name = "local"
+    description = "the embedded model (--endpoint local)"
+    one_request_at_a_time = True
+    string_prompts = not TOKENIZED_REQUESTS
+    runs_here = True
+    default_max_length = MAX_LENGTH
+    model_id = MODEL_ID
+    lm_eval_model = LM_EVAL_MODEL
+    placeholder_url = "LOCAL_SERVER_URL"
+    placeholder_note = "LOCAL_SERVER_URL is the embedded server's 127.0.0.1 address, chosen at run time"
+
+    def __init__(self, endpoint: str | None) -> None:
+        super().__init__(endpoint)
+        self.server: LocalServer | None = None
+
+    @classmethod
+    def serves(cls, endpoint: str | None) -> bool:
+        return endpoint == LOCAL_ENDPOINT
+
+    def planned_tokenizer(self) -> str:
+        return str(tokenizer_location())
+
+    def default_tokenizer(self):
+        from evalchemy.backends.openai_completions import TokenizerChoice
+
+        return TokenizerChoice(TOKENIZER_BACKEND, str(tokenizer_dir()), "the embedded model's tokenizer")
+
+    def start(self, run_dir: Path) -> str:
+        self.server = LocalServer(run_dir / "local_model_server.log").start()
+        return self.server.completions_url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def endpoint_id(self, public_url: str) -> str:
+        return LOCAL_ENDPOINT  # the embedded server's port changes every run

@@ -12,6 +12,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from evalchemy import hfcache, proxy as proxy_mod
+from evalchemy.redaction import redact_url as _redact, strip_credentials  # noqa: F401 - re-exported
+from evalchemy.backends.base import Backend
 from evalchemy.errors import PreflightError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -35,27 +37,8 @@ class Endpoint:
         return _redact(self.models_url)
 
 
-def strip_credentials(url: str) -> str:
-    """The URL without user:password (for the summary and logs)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 # A query parameter whose name says it carries a secret: refused like user:password, and never echoed.
 CREDENTIAL_PARAMETER = re.compile(r"key|token|secret|passw|auth|sig|credential", re.IGNORECASE)
-
-
-def _redact(raw: str) -> str:
-    """The URL for messages and logs: user:password, every query value and the fragment replaced by ``***``, even
-    when it does not parse as a URL."""
-    text = re.sub(r"//[^/?#]*@", "//***@", raw, count=1)
-    head, hash_mark, fragment = text.partition("#")
-    base, question_mark, query = head.partition("?")
-    query = "&".join(item.split("=", 1)[0] + "=***" if "=" in item else item and "***" for item in query.split("&"))
-    return base + question_mark + query + hash_mark + ("***" if fragment else "")
 
 
 def _parse(raw: str):
@@ -237,3 +220,14 @@ def resolve_tokenizer(
             "or start vLLM with --enable-tokenizer-info-endpoint"
         )
     return TokenizerChoice("none", None, "not needed: generation tasks only")
+
+
+class VllmServerBackend(Backend):
+    """A running vLLM (or any OpenAI-compatible completions) server at a URL."""
+
+    name = "vllm-server"
+    description = "vLLM OpenAI-compatible completions server at --endpoint URL"
+
+    @classmethod
+    def serves(cls, endpoint: str | None) -> bool:
+        return True

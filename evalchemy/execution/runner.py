@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from evalchemy.backends import llamacpp as local_model, openai_completions as endpoint_mod
+from evalchemy.backends import openai_completions as endpoint_mod
+from evalchemy.backends.base import Backend
+from evalchemy.backends.registry import backend_for
 from evalchemy.engines.lm_eval import scores as collect
 from evalchemy.config.model import Config
 from evalchemy.datasets.availability import check_plan_data
@@ -16,17 +18,14 @@ from evalchemy import redaction
 from evalchemy.execution import signals, storage
 from evalchemy.backends import echo_check as echo
 from evalchemy.errors import (
-    EXIT_BENCHMARKS_FAILED,
-    EXIT_INTERNAL,
     EXIT_OK,
-    EXIT_PREFLIGHT,
     Interrupted,
     PreflightError,
     PreflightFindings,
     UsageError,
+    run_exit_code,
 )
 from evalchemy.execution.pool import RunOutcome, Worker, run_benchmark, worker_env
-from evalchemy.backends.llamacpp import LOCAL_ENDPOINT, LocalServer
 from evalchemy.plan import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_LENGTH,
@@ -108,12 +107,14 @@ class Preflight:
     model_settings: ModelSettings
 
 
-def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = False,
+def preflight(opts: RunOptions, plan: Plan, api_key: str | None, backend: Backend | None = None,
               findings: PreflightFindings | None = None) -> Preflight:
     """Check the endpoint, pick the model and find a tokenizer offline. Raises PreflightError naming every problem,
     those already in ``findings`` (the data's) first.
 
-    ``local``: the embedded llama.cpp server, which takes one string prompt per request."""
+    ``backend``: the backend serving the endpoint (default: the registry's for ``opts.endpoint``), whose traits
+    (one request at a time, string prompts, its own tokenizer and max length) shape the model settings."""
+    backend = backend_for(opts.endpoint) if backend is None else backend
     findings = PreflightFindings() if findings is None else findings
     ep = replace(endpoint_mod.normalize(opts.endpoint), proxy=opts.proxy)
     logger.info("endpoint: %s%s", ep.display, f" (through the proxy {proxy_display(opts.proxy)})" if opts.proxy else "")
@@ -122,9 +123,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
     if model is not None:
         logger.info("model: %s", model["id"])
     tokenizer = None
-    if local and not opts.tokenizer:
-        tokenizer = endpoint_mod.TokenizerChoice("huggingface", str(local_model.tokenizer_dir()),
-                                                 "the embedded model's tokenizer")
+    if not opts.tokenizer and backend.default_tokenizer() is not None:
+        tokenizer = backend.default_tokenizer()
     elif model is not None or opts.tokenizer:  # else which tokenizer fits depends on the model the server reports
         tokenizer = findings.check(endpoint_mod.resolve_tokenizer, opts.tokenizer, model, ep,
                                    plan.needs_loglikelihood, api_key)
@@ -132,8 +132,8 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
     logger.info("tokenizer: %s (%s)", tokenizer.path or tokenizer.backend, tokenizer.source)
     server_max = model.get("max_model_len")
     max_length = opts.max_length or (server_max if isinstance(server_max, int) and server_max > 0 else None)
-    if max_length is None and local:
-        max_length = local_model.MAX_LENGTH
+    if max_length is None:
+        max_length = backend.default_max_length
     if max_length is None:
         max_length = DEFAULT_MAX_LENGTH
         logger.warning("the server does not report max_model_len; using max_length=%d (pass --max-length)",
@@ -143,9 +143,9 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, local: bool = F
         model=model["id"],
         tokenizer=tokenizer.path,
         tokenizer_backend=tokenizer.backend,
-        tokenized_requests=tokenizer.backend != "none" and not local,
-        num_concurrent=1 if local else opts.concurrency,
-        single_stream=local,
+        tokenized_requests=tokenizer.backend != "none" and not backend.string_prompts,
+        num_concurrent=1 if backend.one_request_at_a_time else opts.concurrency,
+        single_stream=backend.one_request_at_a_time,
         max_retries=opts.max_retries,
         timeout=opts.request_timeout,
         max_length=max_length,
@@ -286,9 +286,9 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     preflight_error: str | None = None
     interrupted: Interrupted | None = None
     worker: Worker | None = None
-    server = None
+    backend = backend_for(opts.endpoint)
+    started = False
     scan: dict | None = None
-    local = opts.endpoint == LOCAL_ENDPOINT
     internal: BaseException | None = None
     result: RunResult | None = None
     try:
@@ -296,11 +296,10 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             with signals.interruptible():
                 findings = PreflightFindings()
                 findings.check(check_plan_data, plan, index, opts.home or Path.cwd(), opts.online, config.path)
-                if local:
-                    server = findings.check(LocalServer(run_dir / "local_model_server.log").start)
-                    opts = opts if server is None else replace(opts, endpoint=server.completions_url)
-                if server is not None or not local:
-                    pre = preflight(opts, plan, api_key, local=local, findings=findings)
+                url = findings.check(backend.start, run_dir)
+                started = url is not None
+                if started:
+                    pre = preflight(replace(opts, endpoint=url), plan, api_key, backend=backend, findings=findings)
                 findings.raise_any()
             events.preflight_done(pre.model, pre.tokenizer)
         except PreflightError as err:
@@ -308,7 +307,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             logger.error("preflight failed, nothing was run: %s", err)
         if pre is not None:
             public_url = endpoint_mod.strip_credentials(pre.endpoint.completions_url)
-            endpoint_id = LOCAL_ENDPOINT if local else public_url  # the embedded server's port changes every run
+            endpoint_id = backend.endpoint_id(public_url)
             kept = previous_successes(summary_path, config, pre, endpoint_id)
             cache = str(run_dir / ".request_cache" /
                         request_cache_key(replace(pre.model_settings, base_url=endpoint_id)))
@@ -350,8 +349,8 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
         # no signal raises here (see signals.py): the children are stopped and the summary written, always
         if worker is not None:
             worker.stop()
-        if server is not None:
-            server.stop()
+        if started:
+            backend.stop()
         worker_boot_log = run_dir / ".worker.log"
         try:
             if worker_boot_log.exists() and worker_boot_log.stat().st_size == 0:
@@ -360,14 +359,14 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             pass
         if run_secrets:  # last, once nothing the run started writes there any more; also when the run raised
             scan = redaction.scan_run_folder(run_dir, run_secrets)
-        result = _finish(opts, config, plan, records, pre, preflight_error, interrupted, internal, local,
+        result = _finish(opts, config, plan, records, pre, preflight_error, interrupted, internal, backend,
                          summary_path, started_at, t0, scan)
     return result
 
 
 def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[BenchmarkRecord], pre: Preflight | None,
             preflight_error: str | None, interrupted: Interrupted | None, internal: BaseException | None,
-            local: bool, summary_path: Path, started_at: str, t0: float, scan: dict | None = None) -> RunResult:
+            backend: Backend, summary_path: Path, started_at: str, t0: float, scan: dict | None = None) -> RunResult:
     """Complete the records, pick the exit code and write the summary (kept in memory until then)."""
     run_dir = opts.run_dir
     done = {r.name for r in records}
@@ -388,15 +387,9 @@ def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[Benchmar
 
     status = run_status(records, interrupted is not None, preflight_error)
     if internal is not None:
-        status, exit_code = "failed", EXIT_INTERNAL
-    elif interrupted is not None:
-        exit_code = interrupted.exit_code
-    elif preflight_error:
-        exit_code = EXIT_PREFLIGHT
-    elif status == "success":
-        exit_code = EXIT_OK
-    else:
-        exit_code = EXIT_BENCHMARKS_FAILED
+        status = "failed"
+    exit_code = run_exit_code(internal=internal is not None, interrupted=interrupted,
+                              preflight_failed=bool(preflight_error), succeeded=status == "success")
     late = signals.guard().received if interrupted is None and internal is None else []
     if late:
         logger.warning("%s received once the run's work was over (after the last benchmark finished): it ends as "
@@ -415,8 +408,8 @@ def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[Benchmar
         started_at=started_at,
         finished_at=now_iso(),
         duration_s=time.monotonic() - t0,
-        endpoint=LOCAL_ENDPOINT if local else (endpoint_mod.strip_credentials(pre.endpoint.completions_url)
-                                               if pre else _safe_display(opts.endpoint)),
+        endpoint=backend.endpoint_id(endpoint_mod.strip_credentials(pre.endpoint.completions_url)
+                                     if pre else _safe_display(opts.endpoint)),
         model=pre.model if pre else opts.model,
         tokenizer={"backend": pre.tokenizer.backend, "path": pre.tokenizer.path, "source": pre.tokenizer.source}
         if pre else None,
@@ -449,8 +442,9 @@ def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[Benchmar
         write_json_with_room(summary_path, summary, run_dir)
     except DiskFullError as err:
         result.summary_error = str(err)
-        if exit_code == EXIT_OK:  # the run's outcome is lost with its summary
-            result.exit_code = EXIT_BENCHMARKS_FAILED
+        if exit_code == EXIT_OK:  # the run's outcome is lost with its summary: not a success
+            result.exit_code = run_exit_code(internal=False, interrupted=None, preflight_failed=False,
+                                             succeeded=False)
         logger.error("run %s finished: %s (exit code %d); the summary was NOT written: %s", opts.run_id, status,
                      result.exit_code, err)
         return result

@@ -60,5 +60,5 @@ def run_spread(opts, plan, api_key, pres, make_worker, run_one, kept, events, re
 
 
 def extra_preflights(opts, plan, api_key, endpoints, preflight, findings_type):
-    return [preflight(replace(opts, endpoint=e), plan, api_key, local=False, findings=findings_type())
+    return [preflight(replace(opts, endpoint=e), plan, api_key, findings=findings_type())
             for e in endpoints]

@@ -70,7 +70,7 @@ def load_summary(path: Path) -> dict:
 def _strip_credentials(url: str | None) -> str | None:
     if not url:
         return url
-    from evalchemy.backends.openai_completions import strip_credentials
+    from evalchemy.redaction import strip_credentials
 
     return strip_credentials(url) if "://" in url else url
 

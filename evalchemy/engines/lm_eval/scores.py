@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import logging
-
-from evalchemy.execution.pool import RunOutcome
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
+
+
+class RunOutcome(Protocol):
+    """What scoring reads of one lm-eval invocation (execution.pool.RunOutcome has it; the engine does not import
+    the executor)."""
+
+    run: Any
+    status: str
+    results: dict | None
 
 PRIMARY_METRICS = ("acc", "exact_match", "acc_norm", "f1", "mcc", "bleu", "rouge1", "word_perplexity")
 _MERGED_KEYS = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",

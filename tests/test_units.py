@@ -1,0 +1,163 @@
+"""Unit tests of the pure parts, without processes or servers: plan, scores, summary, URL redaction, backends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import jsonschema
+import pytest
+
+from evalchemy import plan as plan_mod, redaction
+from evalchemy.backends.llamacpp import MAX_LENGTH, MODEL_ID, LlamaCppBackend
+from evalchemy.backends.openai_completions import VllmServerBackend, normalize
+from evalchemy.backends.registry import BACKENDS, backend_for
+from evalchemy.config.model import Benchmark, Config, TaskEntry, load_schema
+from evalchemy.engines.lm_eval import scores
+from evalchemy.errors import EXIT_BENCHMARKS_FAILED, EXIT_OK, EXIT_PREFLIGHT, EXIT_SIGTERM, Interrupted, \
+    run_exit_code
+from evalchemy.results.summary import BenchmarkRecord, build_summary
+
+
+def _config(tmp_path: Path) -> Config:
+    entries = {
+        "a": TaskEntry(name="a", tasks=("a",), priority="low"),
+        "b": TaskEntry(name="b", tasks=("b",), priority="high", limit=5, num_fewshot=2, batch_size=4),
+        "off": TaskEntry(name="off", tasks=("off",), enabled=False),
+    }
+    benchmarks = {
+        "first": Benchmark("first", True, "low one", ("a",)),
+        "second": Benchmark("second", True, "high one", ("b",)),
+        "disabled": Benchmark("disabled", False, "off", ("a",)),
+        "empty": Benchmark("empty", True, "only disabled", ("off",)),
+    }
+    return Config(path=tmp_path / "c.json", sha256="0" * 64, benchmarks=benchmarks, tasks=entries)
+
+
+def _plan(tmp_path: Path) -> plan_mod.Plan:
+    local = plan_mod.LocalTasks(data_dir=tmp_path, home=tmp_path, cache_dir=tmp_path / "cache")
+    return plan_mod.build_plan(_config(tmp_path), local)
+
+
+def test_plan_orders_by_priority_then_config_order_and_gives_skip_reasons(tmp_path):
+    """High before low whatever the config order; skipped benchmarks last, each with its reason."""
+    plan = _plan(tmp_path)
+    assert [(b.name, b.priority, b.skip_reason) for b in plan.benchmarks] == [
+        ("second", "high", None),
+        ("first", "low", None),
+        ("disabled", "-", "disabled in the config"),
+        ("empty", "-", "every task it lists is disabled in the tasks section"),
+    ]
+    assert [b.name for b in plan.to_run] == ["second", "first"]
+
+
+def test_argv_and_simple_evaluate_kwargs_agree(tmp_path):
+    """The dry run's lm_eval command line and the worker's simple_evaluate() arguments say the same things."""
+    run = _plan(tmp_path).to_run[0].runs[0]
+    settings = plan_mod.ModelSettings(base_url="http://h:8000/v1/completions", model="m", tokenizer="/t")
+    argv = plan_mod.lm_eval_argv(run, settings, "/out")
+    kwargs = plan_mod.simple_evaluate_kwargs(run, settings)
+    assert argv[argv.index("--model") + 1] == kwargs["model"] == "local-completions"
+    assert argv[argv.index("--model_args") + 1] == plan_mod.format_model_args(kwargs["model_args"])
+    assert argv[argv.index("--tasks") + 1].split(",") == kwargs["tasks"] == ["b"]
+    assert int(argv[argv.index("--batch_size") + 1]) == kwargs["batch_size"] == 4
+    assert int(argv[argv.index("--num_fewshot") + 1]) == kwargs["num_fewshot"] == 2
+    assert int(argv[argv.index("--limit") + 1]) == kwargs["limit"] == 5
+    assert ("--log_samples" in argv) == kwargs["log_samples"] is False
+
+
+def _outcome(results: dict, label: str = "bench", metrics: tuple[str, ...] = ()):
+    return SimpleNamespace(status="success", results=results, run=SimpleNamespace(metrics=metrics, label=label,
+                                                                                  entry=label))
+
+
+def test_scores_primary_metric_and_sample_weighted_accuracy():
+    """acc is primary over acc_norm; the benchmark's accuracy weights each subject by its sample count."""
+    results = {
+        "results": {
+            "grp": {"acc,none": 0.5},
+            "kmmlu_x": {"acc,none": 0.8, "acc_stderr,none": 0.1, "acc_norm,none": 0.1},
+            "kmmlu_y": {"acc,none": 0.2, "acc_stderr,none": "N/A"},
+        },
+        "groups": {"grp": {}},
+        "n-samples": {"kmmlu_x": {"original": 30, "effective": 30}, "kmmlu_y": {"original": 10, "effective": 10}},
+    }
+    got = scores.benchmark_scores([_outcome(results)])
+    assert got["primary_metric"] == "acc"
+    assert got["accuracy"] == pytest.approx((0.8 * 30 + 0.2 * 10) / 40)
+    assert got["subject_accuracy"] == {"kmmlu_x": 0.8, "kmmlu_y": 0.2}
+    assert got["n_samples"] == {"kmmlu_x": 30, "kmmlu_y": 10}
+    assert got["metrics"]["kmmlu_x"]["acc"] == {"value": 0.8, "stderr": 0.1}
+    assert got["metrics"]["kmmlu_y"]["acc"] == {"value": 0.2, "stderr": None}
+
+
+def test_scores_single_task_is_labelled_by_its_entry_and_filters_are_kept():
+    """One leaf task: its subject is the entry's label; exact_match with a filter is the primary metric."""
+    results = {"results": {"t": {"exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.05}},
+               "n-samples": {"t": {"original": 8, "effective": 4}}}
+    got = scores.benchmark_scores([_outcome(results, label="보험학", metrics=("exact_match",))])
+    assert got["primary_metric"] == "exact_match"
+    assert got["subject_accuracy"] == {"보험학": 0.25}
+    assert got["accuracy"] == 0.25
+    assert got["n_samples"] == {"t": 4}
+
+
+def test_summary_round_trips_through_its_json_schema():
+    """A summary built from records validates against summary.schema.json and survives JSON unchanged."""
+    record = BenchmarkRecord(name="b", description="d", status="success", tasks=["t"], priority="high",
+                             metrics={"t": {"acc": {"value": 0.5, "stderr": 0.1}}}, n_samples={"t": 4},
+                             primary_metric="acc", accuracy=0.5, subject_accuracy={"t": 0.5}, duration_s=1.23456)
+    skipped = BenchmarkRecord(name="s", description="", status="skipped", tasks=[], priority="-",
+                              error="disabled in the config")
+    summary = build_summary(run_id="r1", status="success", exit_code=0, started_at="2026-01-01T00:00:00+00:00",
+                            finished_at="2026-01-01T00:00:01+00:00", duration_s=1.0, endpoint="local",
+                            model=MODEL_ID, tokenizer=None, config_path="/c.json", config_sha256="0" * 64,
+                            settings={"batch_size": 1, "concurrency": 1, "max_length": MAX_LENGTH,
+                                      "request_timeout_s": 120, "max_retries": 3, "max_failed_requests": 0,
+                                      "gpu": None}, versions={"evalchemy": "0", "lm_eval": None, "python": "3"},
+                            records=[record, skipped], error=None,
+                            files={"run_log": "evalchemy_r1.log", "errors_log": "evalchemy_errors_r1.log",
+                                   "summary": "evalchemy_summary_r1.json"})
+    again = json.loads(json.dumps(summary))
+    assert again == summary
+    jsonschema.validate(again, load_schema("summary.schema.json"))
+    assert again["order"] == ["b"]
+    assert again["counts"]["skipped"] == 1
+    assert again["breakdown"]["benchmark"] == {"b_accuracy": 0.5}
+    assert again["benchmarks"]["b"]["duration_s"] == 1.235
+
+
+def test_one_url_redactor_hides_credentials_query_values_and_fragments():
+    """redaction.redact_url is what endpoint messages use; strip_credentials is what the summary records."""
+    assert redaction.redact_url("http://user:pw@h:8000/v1?api_key=SECRET&x#frag") == "http://***@h:8000/v1?api_key=***&***#***"
+    assert redaction.redact_url("not a url") == "not a url"
+    assert redaction.strip_credentials("https://u:p@h:8443/v1/completions?k=v") == "https://h:8443/v1/completions"
+    assert normalize("http://gpu-box:8000").display == "http://gpu-box:8000/v1/completions"
+
+
+def test_both_backends_are_registered_and_picked_by_endpoint():
+    """'local' is the embedded model; any URL (or none yet) is a vLLM server."""
+    assert sorted(BACKENDS) == ["local", "vllm-server"]
+    local = backend_for("local")
+    assert isinstance(local, LlamaCppBackend)
+    assert (local.one_request_at_a_time, local.string_prompts, local.runs_here) == (True, True, True)
+    assert local.default_max_length == MAX_LENGTH
+    assert local.endpoint_id("http://127.0.0.1:5555/v1/completions") == "local"
+    for endpoint in ("http://gpu-box:8000", None):
+        server = backend_for(endpoint)
+        assert isinstance(server, VllmServerBackend)
+        assert (server.one_request_at_a_time, server.string_prompts, server.default_max_length) == (False, False, None)
+        assert server.default_tokenizer() is None
+    assert backend_for("http://h/v1/completions").endpoint_id("http://h/v1/completions") == "http://h/v1/completions"
+
+
+def test_run_exit_code_is_one_map():
+    """Preflight failure 3, a failed benchmark 4, a signal its own code, success 0."""
+    assert run_exit_code(internal=False, interrupted=None, preflight_failed=False, succeeded=True) == EXIT_OK
+    assert run_exit_code(internal=False, interrupted=None, preflight_failed=True, succeeded=False) == EXIT_PREFLIGHT
+    assert run_exit_code(internal=False, interrupted=None, preflight_failed=False,
+                         succeeded=False) == EXIT_BENCHMARKS_FAILED
+    assert run_exit_code(internal=False, interrupted=Interrupted(15), preflight_failed=True,
+                         succeeded=False) == EXIT_SIGTERM
+    assert run_exit_code(internal=True, interrupted=Interrupted(15), preflight_failed=True, succeeded=True) == 1
