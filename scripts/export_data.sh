@@ -18,4 +18,4 @@ if [ ! -x "$venv/bin/python" ]; then
   "$root/scripts/setup.sh" >&2
 fi
 export EVALCHEMY_HOME="$root"
-exec "$venv/bin/python" -c "from evalchemy.cli.app.transfer_commands import $command; $command()" "$@"
+exec "$venv/bin/python" -c "from evalchemy.cli.transfer_commands import $command; $command()" "$@"

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from evalchemy import __version__, redaction
-from evalchemy.cli.app.common import (  # noqa: F401 - _load is part of the commands' shared set-up, re-exported
+from evalchemy.cli.common import (  # noqa: F401 - _load is part of the commands' shared set-up, re-exported
     EXIT_CODES_HELP,
     EvalchemyCommand,
     _include_paths,
@@ -21,8 +21,8 @@ from evalchemy.cli.app.common import (  # noqa: F401 - _load is part of the comm
     resolve_data_dir,
     setup_console_logging,
 )
-from evalchemy.cli.app.render import TerminalEvents, dry_run_settings, print_benchmarks, print_dry_run, print_scores
-from evalchemy.cli.app.transfer_commands import export_data, export_main, import_data, import_main  # noqa: F401
+from evalchemy.cli.render import TerminalEvents, dry_run_settings, print_benchmarks, print_dry_run, print_scores
+from evalchemy.cli.transfer_commands import export_data, export_main, import_data, import_main  # noqa: F401
 from evalchemy.errors import EvalchemyError, UsageError
 
 logger = logging.getLogger("evalchemy")
@@ -263,11 +263,11 @@ def _report_disk_full(result, logs, run_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     from evalchemy.execution import signals
-    from evalchemy.cli.app import queue_commands, report_commands, store_commands
+    from evalchemy.cli import queue_commands, report_commands, store_commands
 
     args = list(sys.argv[1:] if argv is None else argv)
     report_commands.register(commands)
-    queue_commands.register(commands)
+    queue_commands.register(commands, cli)
     for name, command in store_commands.group.commands.items():
         commands.add_command(command, name)
     if args and args[0] in commands.commands:  # a subcommand; runs start with flags

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from evalchemy.cli.app import EvalchemyCommand, home, setup_console_logging
+from evalchemy.cli.common import EvalchemyCommand, home, setup_console_logging
 from evalchemy.errors import UsageError
 
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -101,7 +101,6 @@ def submit(queue_name, broker, store, run_args):
     credential does (a worker reads API keys from its own environment; --output, --data-dir, --include-path are
     the worker's). Records the run as PENDING in the store and prints its run id.
     """
-    from evalchemy.cli.app import cli
     from evalchemy.execution import runner
     from evalchemy.queue import broker as broker_mod
     from evalchemy.queue import state
@@ -119,7 +118,7 @@ def submit(queue_name, broker, store, run_args):
     args = _without(args, ("--run-id",))
     with contextlib.redirect_stdout(sys.stderr):  # stdout is the run id only
         try:
-            code = cli.main(args=[*args, "--run-id", run_id, "--validate-config"], prog_name="run_evalchemy.sh submit",
+            code = _RUN_COMMAND[0].main(args=[*args, "--run-id", run_id, "--validate-config"], prog_name="run_evalchemy.sh submit",
                             standalone_mode=False)
         except click.ClickException as err:
             err.show()
@@ -262,6 +261,10 @@ def cancel(run_id, broker, store):
         click.echo(f"{run_id}: already ended ({row['state']})", err=True)
 
 
-def register(group: click.Group) -> None:
+_RUN_COMMAND: list[click.Command] = []  # the run command (cli.app), which checks a submitted run's flags
+
+
+def register(group: click.Group, run_command: click.Command) -> None:
+    _RUN_COMMAND[:] = [run_command]
     for command in (submit, worker, status, queue_command, cancel):
         group.add_command(command)

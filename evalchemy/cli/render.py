@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from evalchemy.cli.app.common import _stderr_console
+from evalchemy.cli.common import _stderr_console
 
 
 

@@ -16,7 +16,7 @@ Exit codes:
 
 def run_folder(run_id: str, output_dir: str | None) -> Path:
     """RUN_ID under --output (default: results in the project folder), or a path to a run folder."""
-    from evalchemy.cli.app.common import home
+    from evalchemy.cli.common import home
 
     given = Path(run_id).expanduser()
     if output_dir is None and (given.is_dir() and (len(given.parts) > 1 or given.is_absolute())):
@@ -26,7 +26,7 @@ def run_folder(run_id: str, output_dir: str | None) -> Path:
 
 
 def report_command():
-    from evalchemy.cli.app.common import EvalchemyCommand, setup_console_logging
+    from evalchemy.cli.common import EvalchemyCommand, setup_console_logging
 
     @click.command("report", cls=EvalchemyCommand, epilog=REPORT_EXIT_CODES,
                    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from evalchemy.cli.app.common import EvalchemyCommand, home, setup_console_logging
+from evalchemy.cli.common import EvalchemyCommand, home, setup_console_logging
 from evalchemy.errors import EXIT_REGRESSION, UsageError
 
 COMMANDS = ("compare", "leaderboard", "history", "store")

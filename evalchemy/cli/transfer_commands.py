@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from evalchemy.cli.app.common import (
+from evalchemy.cli.common import (
     EvalchemyCommand,
     _include_paths,
     _load,
