@@ -262,7 +262,7 @@ def _holm(p: list[float]) -> list[float]:
     return out
 
 
-def test_compare_finds_the_flipped_questions_and_gates(runs, store_url):
+def test_compare_finds_the_flipped_questions_and_gates(runs, store_url, tmp_path):
     """A -> B: McNemar on 9 broken insurance questions and 1 fixed finance question, Holm over the three rows;
     exit 6 when the gate is below the drop, 0 above it."""
     _import(runs, store_url)
@@ -299,6 +299,11 @@ def test_compare_finds_the_flipped_questions_and_gates(runs, store_url):
         f"regression: domain / 보험학 acc 1.0000 -> 0.2500 (-75.00 points, p={adjusted[2]:.4g} after Holm): "
         "worse by more than 50 points"]
     assert cli("compare", "night-a", "night-b", "--store", store_url, "--fail-on-regression", "80").returncode == 0
+    page = tmp_path / "compare.html"
+    assert cli("compare", "night-a", "night-b", "--store", store_url, "--html", str(page)).returncode == 0
+    html = page.read_text(encoding="utf-8")
+    assert "보험학" in html and "night-a" in html and "night-b" in html and "<svg" in html
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
 
 
 def test_compare_within_noise_does_not_gate(runs, store_url):
@@ -312,12 +317,16 @@ def test_compare_within_noise_does_not_gate(runs, store_url):
         "보험학", 0, K_NOISE, _mcnemar(0, K_NOISE), False, False)
 
 
-def test_leaderboard_and_history(runs, store_url):
+def test_leaderboard_and_history(runs, store_url, tmp_path):
     """Per subject: model-y (run C) leads on 보험학; model-x's latest successful run is B. History shows the failed
     run as failed, without a score."""
     _import(runs, store_url)
     done = cli("leaderboard", "--subject", "보험학", "--json", "--store", store_url)
     assert done.returncode == 0, done.stderr
+    page = tmp_path / "leaderboard.html"
+    assert cli("leaderboard", "--by", "subject", "--store", store_url, "--html", str(page)).returncode == 0
+    html = page.read_text(encoding="utf-8")
+    assert "model-x" in html and "model-y" in html and "보험학" in html
     rows = json.loads(done.stdout)["rows"]
     assert [(r["model"], r["benchmark"], r["subject"], r["metric"], r["value"], r["n"], r["run_id"])
             for r in rows] == [("model-y", "domain", "보험학", "acc", 10 / 12, 12, "night-c"),

@@ -171,8 +171,10 @@ Exit codes:
                    "100 x the metric) and the change is beyond noise at --alpha.")
 @click.option("--alpha", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True), default=0.05,
               show_default=True, metavar="P", help="Significance level, after Holm's correction over every row.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write the page as one self-contained HTML file (no external resource; opens offline).")
 @store_options
-def compare(run_a, run_b, as_json, markdown, show_flips, fail_on_regression, alpha, store, output_dir):
+def compare(run_a, run_b, as_json, markdown, show_flips, fail_on_regression, alpha, html_path, store, output_dir):
     """Compare RUN_A with RUN_B (each a run id, or STORE-URL#RUN-ID) per benchmark and per subject label: both
     scores, the difference (B - A), and whether it is beyond noise: an exact McNemar test on the questions that
     flipped when both runs scored the same questions, else a test from the standard errors; Holm-corrected.
@@ -209,6 +211,13 @@ def compare(run_a, run_b, as_json, markdown, show_flips, fail_on_regression, alp
             for flip in comparison.flips[:show_flips]:
                 flips.add_row(*_flip_cells(flip))
             console.print(flips)
+    if html_path is not None:
+        from evalchemy.reports import pages
+
+        data = comparison.to_json()
+        flips = [{**f, "expected": f["target"], "a_answer": f["prediction_a"], "b_answer": f["prediction_b"]}
+                 for f in data["flips"]]
+        click.echo(f"comparison page: {pages.write_page(html_path, pages.compare_html(data, flips))}", err=True)
     if fail_on_regression is not None and comparison.regressions:
         for row in comparison.regressions:
             click.echo(f"regression: {row.benchmark}{' / ' + row.subject if row.subject else ''} {row.metric} "
@@ -229,8 +238,10 @@ LEADER_FIELDS = ("model", "benchmark", "subject", "metric", "value", "stderr", "
 @click.option("--all-runs", is_flag=True, help="Every run, not only each model's latest successful one.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the rows as CSV.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"rows": [...]} as JSON.')
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Also write the page as one self-contained HTML file (no external resource; opens offline).")
 @store_options
-def leaderboard(by, benchmark, subject, since, all_runs, as_csv, as_json, store, output_dir):
+def leaderboard(by, benchmark, subject, since, all_runs, as_csv, as_json, html_path, store, output_dir):
     """Models x benchmarks (x subject labels with --by subject): each model's latest successful run by default."""
     from evalchemy.store.queries import leaderboard as query, reader
 
@@ -240,6 +251,11 @@ def leaderboard(by, benchmark, subject, since, all_runs, as_csv, as_json, store,
     with reader(url) as connection:
         rows = query(connection, benchmark=benchmark, subject=subject, by_subject=by == "subject",
                      since=since, all_runs=all_runs)
+    if html_path is not None:
+        from evalchemy.reports import pages
+
+        page = pages.leaderboard_html({"rows": [asdict(r) for r in rows]})
+        click.echo(f"leaderboard page: {pages.write_page(html_path, page)}", err=True)
     if as_json:
         click.echo(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2, ensure_ascii=False))
         return
