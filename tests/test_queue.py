@@ -230,9 +230,14 @@ def _wait_for(predicate, seconds=120, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _lm_eval_requests(srv) -> list[dict]:
+    """The requests lm-eval sent (not the preflight's echo check, whose requests carry a logit_bias)."""
+    return [body for body in srv.requests if "logit_bias" not in body]
+
+
 def _prompts(srv) -> list[str]:
     found = []
-    for body in srv.requests:
+    for body in _lm_eval_requests(srv):
         prompt = body.get("prompt")
         found += [json.dumps(p) for p in (prompt if isinstance(prompt, list) and prompt and not isinstance(
             prompt[0], int) else [prompt])]
@@ -247,7 +252,7 @@ def test_a_worker_killed_mid_run_leaves_it_to_the_other(tmp_path, redis_url, sto
         done = _submit(redis_url, store, assets, "--run-id", "killed", "--model", "model-x", "--batch-size", "1",
                        "--concurrency", "2")
         assert done.returncode == 0, done.stderr
-        _wait_for(lambda: sum(len(s.requests) for s in workers.servers) >= 10, what="requests")
+        _wait_for(lambda: sum(len(_lm_eval_requests(s)) for s in workers.servers) >= 10, what="requests")
         holder = _table(store, "SELECT worker FROM queue_runs")[0][0]
         first = int(holder[1])
         workers.procs[first][0].kill()  # SIGKILL: its run (a child that dies with it) goes too
@@ -386,8 +391,8 @@ def test_two_endpoints_give_the_scores_of_one_and_both_are_used(tmp_path, assets
         assert set(one) == {"insurance", "finance"}
         assert all(status == "success" and metrics not in ("null", "{}") for status, metrics in one.values()), one
         assert two == one
-        assert [len(s.requests) > 0 for s in servers[1:]] == [True, True]
-        assert sum(len(s.requests) for s in servers[1:]) == len(servers[0].requests)
+        assert [len(_lm_eval_requests(s)) > 0 for s in servers[1:]] == [True, True]
+        assert sum(len(_lm_eval_requests(s)) for s in servers[1:]) == len(_lm_eval_requests(servers[0]))
     finally:
         for srv in servers:
             srv.stop()
