@@ -1,7 +1,7 @@
 """What each benchmark job asked of the endpoint, counted in the lm-eval worker and readable after its death.
 
 The worker counts HTTP attempts, failed attempts, empty answers and truncated prompts (``RequestStats``). Every change
-is written at once to a small counters file (``Counters``: four little-endian 64-bit numbers at offset 0) that the
+is written at once to a small counters file (``Counters``: little-endian 64-bit numbers, ``COUNTS``, at offset 0) that the
 runner created, handed to the worker as an inherited file descriptor (``EVALCHEMY_COUNTERS_FD``) and zeroes before
 each job. A job stopped by its task timeout, or a worker killed by a signal, so still reports the requests that
 reached the server: the runner reads the file after the worker is gone.
