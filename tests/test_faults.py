@@ -238,7 +238,8 @@ def test_missing_logprobs_are_named_and_not_retried(assets, write_config, tmp_pa
     """Echo answers without log-probabilities: the benchmark's error says so (not lm-eval's TypeError), and no
     request is sent twice (asking again cannot help)."""
     with TestServer(assets["tokenizer"], "test-model", no_logprobs=True) as srv:
-        done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets)
+        # one request in flight: when lm-eval gives up, no other request is on its way to the server
+        done = _run(srv.base_url, write_config(CAPITALS_ONLY), tmp_path / "o", "r", assets, "--concurrency", "1")
         bodies = [json.dumps(body, sort_keys=True) for body in srv.requests if "logit_bias" not in body]  # lm-eval's
     assert done.returncode == 4, done.stderr
     bench = _summary(tmp_path / "o", "r")["benchmarks"]["capitals"]
