@@ -200,6 +200,12 @@ def test_five_runs_two_models_two_workers(tmp_path, redis_url, store, assets):
         assert [(r["run_id"], r["state"], r["status"], r["exit_code"]) for r in runs] == [
             (i, "SUCCESS", "success", 0) for i in ids]
         assert all(r["host"] and r["started_at"] and r["finished_at"] for r in runs)
+        text = cli("status", "--store", store, *ids).stdout.splitlines()
+        assert text[0].split() == ["RUN", "ID", "STATE", "HOST", "STATUS", "EXIT", "SUBMITTED", "(UTC)", "STARTED",
+                                   "FINISHED"]
+        assert [line.split()[:5] for line in text[1:]] == [[r["run_id"], "SUCCESS", r["host"], "success", "0"]
+                                                          for r in runs]
+        assert len({line.index("SUCCESS") for line in text[1:]} | {text[0].index("STATE")}) == 1  # aligned
         rows = _table(store, "SELECT worker, attempts FROM queue_runs")
         per_worker = {w: sum(1 for r in rows if r[0] == w) for w in ("w0@test", "w1@test")}
         assert sum(per_worker.values()) == 5 and min(per_worker.values()) >= 1, per_worker

@@ -201,6 +201,9 @@ def _rows(store, run_ids, states=()):
     return rows
 
 
+HEADINGS = ["RUN ID", "STATE", "HOST", "STATUS", "EXIT", "SUBMITTED (UTC)", "STARTED", "FINISHED"]
+
+
 def _print(rows, as_json: bool) -> None:
     from evalchemy.queue import state
 
@@ -208,8 +211,13 @@ def _print(rows, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"runs": shown}, ensure_ascii=False, indent=2))
         return
-    for row in shown:
-        click.echo("  ".join(str(row[k]) if row[k] is not None else "-" for k in state.FIELDS))
+    if not shown:
+        click.echo("no submitted runs", err=True)
+        return
+    table = [HEADINGS] + [[str(row[k]) if row[k] is not None else "-" for k in state.FIELDS] for row in shown]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADINGS))]
+    for line in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
 @click.command("status", cls=EvalchemyCommand, context_settings=SETTINGS)
