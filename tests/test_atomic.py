@@ -77,7 +77,7 @@ def _task_file(folder: Path, monkeypatch) -> Path:
 def _index_cache(folder: Path, monkeypatch) -> Path:
     monkeypatch.setenv("EVALCHEMY_CACHE_DIR", str(folder))
     taskindex.builtin_index()
-    return next(folder.glob("task_index_lm_eval_*.json"))
+    return next(folder.glob(f"task_index_v{taskindex.INDEX_FORMAT}_lm_eval_*.json"))
 
 
 def _archive(folder: Path, monkeypatch) -> Path:

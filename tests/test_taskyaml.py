@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from evalchemy.engines.lm_eval import taskyaml
@@ -84,3 +85,21 @@ def test_include_cycle_stops(tmp_path):
     _write(tmp_path, "x.yaml", "include: y.yaml\ntask: t_x\n")
     _write(tmp_path, "y.yaml", "include: x.yaml\noutput_type: loglikelihood\n")
     assert taskyaml.read_config(tmp_path / "x.yaml") == {"task": "t_x", "output_type": "loglikelihood"}
+
+
+def test_task_index_cache_is_one_file_per_format_and_another_format_is_never_read(tmp_path, monkeypatch):
+    """The cache file's name carries the index format: a file of another format (an older evalchemy beside this one)
+    is neither read nor overwritten."""
+    from evalchemy.engines.lm_eval import taskindex
+
+    monkeypatch.setenv("EVALCHEMY_CACHE_DIR", str(tmp_path))
+    version = taskindex.lm_eval_version()
+    stamp = {"format": taskindex.INDEX_FORMAT - 1, "version": version, "tasks_dir": str(taskindex.lm_eval_tasks_dir())}
+    old = {"stamp": stamp, "tasks": {"only_old_task": None}, "groups": {}, "tags": {}}
+    old_file = tmp_path / f"task_index_v{taskindex.INDEX_FORMAT - 1}_lm_eval_{version}.json"
+    old_file.write_text(json.dumps(old), encoding="utf-8")
+    index = taskindex.builtin_index()
+    assert index.knows("hellaswag") and not index.knows("only_old_task")
+    assert json.loads(old_file.read_text(encoding="utf-8")) == old
+    assert sorted(p.name for p in tmp_path.glob("task_index_*")) == sorted(
+        [old_file.name, f"task_index_v{taskindex.INDEX_FORMAT}_lm_eval_{version}.json"])

@@ -170,7 +170,7 @@ def builtin_index() -> TaskIndex:
     if tasks_dir is None or version is None:
         logger.warning("lm-eval is not installed: task names are checked against the config's include paths only")
         return TaskIndex()
-    cache_file = cache_dir() / f"task_index_lm_eval_{version}.json"
+    cache_file = cache_dir() / f"task_index_v{INDEX_FORMAT}_lm_eval_{version}.json"  # one file per format
     stamp = {"format": INDEX_FORMAT, "version": version, "tasks_dir": str(tasks_dir)}
     try:
         cached = json.loads(cache_file.read_text(encoding="utf-8"))
