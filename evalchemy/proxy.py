@@ -16,6 +16,8 @@ import os
 import urllib.request
 from urllib.parse import unquote, urlsplit
 
+from evalchemy.redaction import redact_url
+
 PROXY_ENV = "EVALCHEMY_ENDPOINT_PROXY"  # the worker's copy of --proxy
 
 
@@ -32,10 +34,7 @@ def check(url: str) -> str:
     return url.strip()
 
 
-def display(url: str) -> str:
-    """The proxy URL without its credentials, for logs."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+display = redact_url  # the proxy URL without its credentials, for logs (one redactor: evalchemy.redaction)
 
 
 class _Through(urllib.request.BaseHandler):

@@ -214,7 +214,7 @@ def test_unreachable_store_is_a_warning_in_the_summary_and_errors_log(runs):
     assert summary["status"] == "success" and summary["exit_code"] == 0
     assert summary["store"]["status"] == "failed"
     port = runs["closed_url"].split(":")[-1].split("/")[0]
-    assert summary["store"]["reason"].startswith(f"store postgresql+psycopg://evalchemy:***@127.0.0.1:{port}/nowhere "
+    assert summary["store"]["reason"].startswith(f"store postgresql+psycopg://***@127.0.0.1:{port}/nowhere "
                                                  "cannot be reached: ")
     errors = (run_dir / "evalchemy_errors_night-b.log").read_text(encoding="utf-8")
     assert f"record it later with `evalchemy store import {run_dir}`" in errors

@@ -135,6 +135,20 @@ def test_one_url_redactor_hides_credentials_query_values_and_fragments():
     assert redaction.redact_url("not a url") == "not a url"
     assert redaction.strip_credentials("https://u:p@h:8443/v1/completions?k=v") == "https://h:8443/v1/completions"
     assert normalize("http://gpu-box:8000").display == "http://gpu-box:8000/v1/completions"
+    assert redaction.redact_url("http://u:p@[::1]:8000/v1") == "http://***@[::1]:8000/v1"
+    assert redaction.redact_url("http://[::1") == "http://[::1"  # unparsable: shown as it is, nothing raised
+
+
+def test_proxy_store_and_broker_urls_are_shown_by_the_one_redactor():
+    """Proxy, store and broker URLs in messages go through redaction.redact_url: user and password hidden."""
+    from evalchemy import proxy
+    from evalchemy.queue import broker
+    from evalchemy.store import db
+
+    assert proxy.display("http://squid:pw-1@proxy.lan:3128") == "http://***@proxy.lan:3128"
+    assert db.display("postgresql://evalchemy:pw-2@store-host:5432/evalchemy") == "postgresql://***@store-host:5432/evalchemy"
+    assert broker.display("redis://:pw-3@queue-host:6379/0") == "redis://***@queue-host:6379/0"
+    assert proxy.display is db.display is broker.display is redaction.redact_url
 
 
 def test_both_backends_are_registered_and_picked_by_endpoint():

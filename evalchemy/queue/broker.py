@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 from evalchemy.errors import PreflightError, UsageError
+from evalchemy.redaction import redact_url
 
 BROKER_ENV = "EVALCHEMY_BROKER"
 DEFAULT_QUEUE = "evalchemy"
@@ -25,18 +26,7 @@ def broker_url(value: str | None) -> str:
     return chosen
 
 
-def display(url: str) -> str:
-    """The URL without its password (redis://:PASSWORD@host)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        return parts._replace(netloc=f"***@{netloc}").geturl()
-    except ValueError:
-        return "(unparsable broker URL)"
+display = redact_url  # the URL without its password (redis://:PASSWORD@host), for messages (one redactor)
 
 
 def make_app(url: str):

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from evalchemy.errors import StoreError
+from evalchemy.redaction import redact_url
 
 STORE_ENV = "EVALCHEMY_STORE"
 DEFAULT_FILE = "evalchemy.db"
@@ -37,12 +38,7 @@ def resolve_url(value: str | None, output_dir: Path) -> str:
     return chosen
 
 
-def display(url: str) -> str:
-    """The URL with its password hidden: what messages and logs show."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):
-        return "(unparsable store URL)"
+display = redact_url  # the URL with its credentials hidden, for messages and logs (one redactor)
 
 
 def sqlite_path(url: str) -> Path | None:
