@@ -119,11 +119,22 @@ def test_built_tokenizer_gives_llama_cpps_ids(server, tokenizer, text):
         text, add_special_tokens=False)
 
 
+def _runner_model_args(server) -> dict:
+    """What the runner's preflight gives lm-eval for this server (the backend's traits, the server's answers)."""
+    from evalchemy.execution.runner import RunOptions, preflight
+    from evalchemy.plan import Plan
+
+    options = RunOptions(endpoint=server.completions_url, run_id="args", output_dir=Path("unused"))
+    return preflight(options, Plan([]), None, backend=local_model.LlamaCppBackend("local")).model_settings.model_args()
+
+
 def test_lm_eval_model_args(server):
-    """The lm-eval settings for this server: string prompts, one at a time, the built tokenizer, n_ctx - 1."""
-    assert server.lm_eval_model_args() == {
-        "base_url": server.completions_url, "model": MODEL_ID, "tokenizer": str(local_model.tokenizer_dir()),
+    """The runner's lm-eval settings for this server: string prompts, one at a time, the built tokenizer, n_ctx - 1."""
+    args = _runner_model_args(server)
+    assert {k: args[k] for k in ("tokenizer_backend", "tokenized_requests", "num_concurrent", "max_length")} == {
         "tokenizer_backend": "huggingface", "tokenized_requests": False, "num_concurrent": 1, "max_length": 2047}
+    assert (args["base_url"], args["model"], args["tokenizer"]) == (
+        server.completions_url, MODEL_ID, str(local_model.tokenizer_dir()))
     assert local_model.BATCH_SIZE == 1
 
 
@@ -282,7 +293,7 @@ def test_echo_after_end_of_text_has_no_generated_token(tokenizer, server, refere
 
 
 def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokenizer, server, reference):
-    """lm-eval's simple_evaluate with the embedded server's model and lm_eval_model_args(): multiple-choice acc
+    """lm-eval's simple_evaluate with the embedded server's model and the runner's model args: multiple-choice acc
     equals the accuracy computed here from the model's own logits (English and Korean), and generation exact match
     equals the server's answers."""
     from lm_eval import simple_evaluate
@@ -318,7 +329,7 @@ def test_lm_eval_python_api_scores_equal_the_models_own_answers(tmp_path, tokeni
 
     import evalchemy.engines.lm_eval.echo_model  # noqa: F401 - registers echo.ECHO_MODEL
 
-    args = ",".join(f"{k}={v}" for k, v in server.lm_eval_model_args().items())
+    args = ",".join(f"{k}={v}" for k, v in _runner_model_args(server).items())
     results = simple_evaluate(model=local_model.LM_EVAL_MODEL, model_args=args, tasks=["tiny_mc", "tiny_gen"],
                               batch_size=local_model.BATCH_SIZE,
                               task_manager=TaskManager(include_path=str(tasks), include_defaults=False))["results"]

