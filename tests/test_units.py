@@ -176,3 +176,18 @@ def test_run_exit_code_is_one_map():
     assert run_exit_code(internal=False, interrupted=Interrupted(15), preflight_failed=True,
                          succeeded=False) == EXIT_SIGTERM
     assert run_exit_code(internal=True, interrupted=Interrupted(15), preflight_failed=True, succeeded=True) == 1
+
+
+def test_store_and_report_name_the_backend_the_summary_records():
+    """The store's backend column and the report's Backend line come from the summary's ``backend`` record; summaries
+    written before it existed are named by their endpoint ("local" for the embedded model)."""
+    from evalchemy.reports.run_report import _backend
+    from evalchemy.store.record import backend_name
+
+    recorded = {"endpoint": "http://h:8000/v1/completions",
+                "backend": {"name": "vllm-server", "lm_eval_model": "evalchemy-completions", "model_args": {}}}
+    assert backend_name(recorded) == "vllm-server"
+    assert _backend(recorded) == "vllm-server (lm-eval evalchemy-completions)"
+    assert backend_name({"endpoint": "local"}) == "local"
+    assert backend_name({"endpoint": "http://h:8000/v1/completions"}) == "vllm-server"
+    assert _backend({"endpoint": "local"}) == "local (lm-eval local-completions)"

@@ -160,6 +160,16 @@ def preflight(opts: RunOptions, plan: Plan, api_key: str | None, backend: Backen
     return Preflight(endpoint=ep, model=model["id"], tokenizer=tokenizer, model_settings=settings)
 
 
+def _backend_record(backend: Backend, pre: Preflight | None) -> dict:
+    """The summary's ``backend``: registry name, the lm-eval model the worker ran and its arguments (the URL as the
+    summary's endpoint, without credentials)."""
+    if pre is None:
+        return {"name": backend.name, "lm_eval_model": None, "model_args": None}
+    args = pre.model_settings.model_args()
+    args["base_url"] = backend.endpoint_id(endpoint_mod.strip_credentials(str(args["base_url"])))
+    return {"name": backend.name, "lm_eval_model": pre.model_settings.worker_model, "model_args": args}
+
+
 def _relative(run_dir: Path, path: str | Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(run_dir.resolve()))
@@ -433,6 +443,7 @@ def _finish(opts: RunOptions, config: Config, plan: Plan, records: list[Benchmar
         },
         error=error,
         secrets=scan,
+        backend=_backend_record(backend, pre),
     )
     summary = redaction.scrub_data(summary)
     result = RunResult(summary=summary, summary_path=summary_path, exit_code=exit_code, records=records,

@@ -76,8 +76,11 @@ def _strip_credentials(url: str | None) -> str | None:
 
 
 def _backend(summary: dict) -> str:
+    recorded = summary.get("backend")
+    if isinstance(recorded, dict) and recorded.get("lm_eval_model"):
+        return f"{recorded.get('name')} (lm-eval {recorded['lm_eval_model']})"
     if summary.get("endpoint") == "local":
-        return "embedded llama.cpp server (lm-eval local-completions)"
+        return "local (lm-eval local-completions)"
     for bench in (summary.get("benchmarks") or {}).values():
         for run in bench.get("runs") or []:
             found = re.search(r"--model (\S+)", run.get("lm_eval_command") or "")

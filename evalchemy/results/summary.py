@@ -89,7 +89,7 @@ def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, 
                   duration_s: float, endpoint: str | None, model: str | None, tokenizer: dict | None,
                   config_path: str, config_sha256: str, settings: dict, versions: dict,
                   records: list[BenchmarkRecord], files: dict, error: str | None,
-                  secrets: dict | None = None) -> dict:
+                  secrets: dict | None = None, backend: dict | None = None) -> dict:
     counts = {s: sum(1 for r in records if r.status == s) for s in BENCHMARK_STATUSES}
     breakdown: dict[str, object] = {}
     stats: dict[str, object] = {}
@@ -126,6 +126,8 @@ def build_summary(*, run_id: str, status: str, exit_code: int, started_at: str, 
     }
     if secrets is not None:  # the end-of-run scan for the API key: present when the run had one
         summary["secrets"] = secrets
+    if backend is not None:  # how the model was reached: registry name, lm-eval model and its arguments
+        summary["backend"] = backend
     return summary
 
 

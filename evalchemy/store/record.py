@@ -219,7 +219,7 @@ def build_rows(run_dir: Path, summary: dict) -> RunRows:
         "error": summary.get("error"), "started_at": utc(summary.get("started_at")),
         "finished_at": utc(summary.get("finished_at")), "duration_s": summary.get("duration_s"),
         "host": summary.get("host"), "endpoint": endpoint, "model": summary.get("model"),
-        "backend": "llamacpp" if endpoint == LOCAL_ENDPOINT else "openai-completions",
+        "backend": backend_name(summary),
         "config_path": (summary.get("config") or {}).get("path"),
         "config_sha256": (summary.get("config") or {}).get("sha256"), "config": _config_content(summary),
         "versions": versions, "seed": json_safe(seed), "summary": json_safe(summary),
@@ -227,6 +227,15 @@ def build_rows(run_dir: Path, summary: dict) -> RunRows:
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return rows
+
+
+def backend_name(summary: dict) -> str:
+    """The backend's registry name: from the summary's ``backend`` record, or for summaries written before it
+    existed, the one its endpoint implies (the embedded model's is recorded as "local")."""
+    recorded = summary.get("backend")
+    if isinstance(recorded, dict) and isinstance(recorded.get("name"), str):
+        return recorded["name"]
+    return "local" if summary.get("endpoint") == LOCAL_ENDPOINT else "vllm-server"
 
 
 def write_rows(engine: sa.Engine, rows: RunRows) -> None:
