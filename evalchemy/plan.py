@@ -134,7 +134,7 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
 
         data_path = localdata.resolve(local_tasks.data_dir, entry.dataset.path)
         folder = str(localdata.write_task_file(local_tasks.cache_dir, entry.name, data_path, entry.dataset.subset,
-                                               entry.dataset.answers))
+                                               entry.dataset.answers, write=local_tasks.write_files))
         include_paths, folders, needs_ll = (folder,), [folder], True
     for name in entry.tasks if entry.dataset is None else ():
         if index is not None:
@@ -193,17 +193,20 @@ def _hub_copy_overrides(entry: TaskEntry, index, local_tasks: LocalTasks) -> tup
         overrides[hub.task] = localdata.hub_override_yaml(hub.task, hub.yaml, splits)
     if not overrides:
         return None
-    return str(localdata.write_hub_overrides(local_tasks.cache_dir, overrides)), tuple(sorted(overrides))
+    return (str(localdata.write_hub_overrides(local_tasks.cache_dir, overrides, write=local_tasks.write_files)),
+            tuple(sorted(overrides)))
 
 
 @dataclass(frozen=True)
 class LocalTasks:
     """Where local datasets are (``dataset.path`` is relative to ``data_dir``), the project folder (relative
-    ``dataset_path`` values of task YAMLs are read from it), and where the task files written for them go."""
+    ``dataset_path`` values of task YAMLs are read from it), and where the task files written for them go
+    (content-addressed; ``write_files=False``: planned there but not written, for checks that write nothing)."""
 
     data_dir: Path
     home: Path
     cache_dir: Path = field(default_factory=lambda: _cache_dir())
+    write_files: bool = True
 
 
 def _cache_dir() -> Path:

@@ -182,3 +182,49 @@ def test_control_commands_do_not_import_lm_eval(tmp_path, write_config):
         done = subprocess.run([sys.executable, "-c", probe, mode, "--config", str(path)], capture_output=True,
                               text=True, cwd=PROJECT, timeout=60)
         assert "HEAVY []" in done.stderr, (mode, done.stderr)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_checks_write_nothing_and_the_dry_run_only_its_generated_task_files(tmp_path):
+    """--validate-config and --list-benchmarks leave every folder as it was (lm-eval's task index, cached once per
+    lm-eval version, aside); --dry-run adds only the task file generated for the dataset entry, in the cache, so that
+    the printed lm_eval command runs as it is."""
+    import json
+
+    data = tmp_path / "data" / "kmmlu" / "insurance"
+    data.mkdir(parents=True)
+    rows = [{"question": f"질문 {i}?", "A": "가", "B": "나", "C": "다", "D": "라", "answer": 1 + i % 4,
+             "Category": "보험학"} for i in range(4)]
+    (data / "test.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "benchmarks": {"domain": {"enabled": True, "tasks": ["ins"]}},
+        "tasks": {"ins": {"enabled": True, "dataset": {"path": "kmmlu/insurance"}, "label": "보험학"}},
+    }, ensure_ascii=False), "utf-8")
+    cwd, home, cache = tmp_path / "cwd", tmp_path / "home", tmp_path / "cache"
+    for folder in (cwd, home, cache):
+        folder.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "EVALCHEMY_CACHE_DIR": str(cache)}
+    common = ["--config", str(config), "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out")]
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "evalchemy", *args, *common], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    cli("--validate-config")  # builds lm-eval's task index cache (once per lm-eval version)
+    before = _files(tmp_path)
+    assert [name for name in before if name.startswith("cache/")] == [
+        name for name in before if name.startswith("cache/task_index_")]
+    cli("--validate-config")
+    cli("--list-benchmarks")
+    assert _files(tmp_path) == before
+    printed = cli("--dry-run", "--endpoint", "http://gpu-box:8000", "--model", "m", "--run-id", "r").stdout
+    added = sorted(set(_files(tmp_path)) - set(before))
+    assert len(added) == 1 and re.fullmatch(r"cache/local_tasks/[0-9a-f]{16}/ins\.yaml", added[0]), added
+    assert f"--include_path {tmp_path / added[0]}".rsplit("/", 1)[0] in printed
+    assert {k: v for k, v in _files(tmp_path).items() if k in before} == before

@@ -81,10 +81,14 @@ logger = logging.getLogger("evalchemy")
                    "benchmarks that succeeded and re-sends no request already answered.")
 @click.option("--report", "write_report", is_flag=True,
               help="Also write report.html and report.md in the run folder (see: run_evalchemy.sh report --help).")
-@click.option("--list-benchmarks", is_flag=True, help="Show the config's benchmarks and tasks, then exit.")
-@click.option("--validate-config", is_flag=True, help="Check the config and report every problem, then exit.")
+@click.option("--list-benchmarks", is_flag=True,
+              help="Show the config's benchmarks and tasks, then exit; writes nothing.")
+@click.option("--validate-config", is_flag=True,
+              help="Check the config and report every problem, then exit; writes nothing.")
 @click.option("--dry-run", is_flag=True,
-              help="Print the lm_eval command each benchmark would run, in order; touch nothing.")
+              help="Print the lm_eval command each benchmark would run, in order; contacts nothing. Writes only the "
+                   "task files generated for dataset entries (content-addressed, in ~/.cache/evalchemy), so that the "
+                   "printed commands run as they are.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
@@ -147,7 +151,8 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         batch_size = 1
 
     cfg, index = _load(config_file, includes)
-    local_tasks = plan_mod.LocalTasks(data_dir=resolve_data_dir(data_dir), home=home())
+    local_tasks = plan_mod.LocalTasks(data_dir=resolve_data_dir(data_dir), home=home(),
+                                      write_files=not (validate_config or list_benchmarks))
     plan = plan_mod.build_plan(cfg, local_tasks, index, batch_size=batch_size, include_paths=includes,
                                concurrency=concurrency)
 

@@ -374,11 +374,14 @@ def task_yaml(task: str, data_path: Path, subset: str | None, answers: str) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_task_file(cache_dir: Path, task: str, data_path: Path, subset: str | None, answers: str) -> Path:
-    """Write the entry's task file into its own folder (named by its content) and return the folder."""
+def write_task_file(cache_dir: Path, task: str, data_path: Path, subset: str | None, answers: str,
+                    write: bool = True) -> Path:
+    """Write the entry's task file into its own folder (named by its content) and return the folder; with
+    ``write=False`` only say where it goes (checks that write nothing)."""
     text = task_yaml(task, data_path, subset, answers)
     folder = cache_dir / "local_tasks" / hashlib.sha256(text.encode()).hexdigest()[:16]
-    _write_if_changed(folder / f"{task}.yaml", text)
+    if write:
+        _write_if_changed(folder / f"{task}.yaml", text)
     return folder
 
 
@@ -490,10 +493,11 @@ def hub_override_yaml(task: str, original: Path, splits: dict[str, tuple[Path, .
     return "\n".join(lines) + "\n"
 
 
-def write_hub_overrides(cache_dir: Path, overrides: dict[str, str]) -> Path:
-    """Write {task: yaml text} into one folder named by their content and return it."""
+def write_hub_overrides(cache_dir: Path, overrides: dict[str, str], write: bool = True) -> Path:
+    """Write {task: yaml text} into one folder named by their content and return it (``write=False``: only the
+    folder)."""
     digest = hashlib.sha256("".join(f"{k}\n{v}" for k, v in sorted(overrides.items())).encode()).hexdigest()[:16]
     folder = cache_dir / "hub_copies" / digest
-    for task, text in overrides.items():
+    for task, text in overrides.items() if write else ():
         _write_if_changed(folder / f"{task}.yaml", text)
     return folder
