@@ -191,3 +191,23 @@ def test_store_and_report_name_the_backend_the_summary_records():
     assert backend_name({"endpoint": "local"}) == "local"
     assert backend_name({"endpoint": "http://h:8000/v1/completions"}) == "vllm-server"
     assert _backend({"endpoint": "local"}) == "local (lm-eval local-completions)"
+
+
+def test_worker_protocol_round_trips_and_refuses_other_lines():
+    """Job and Answer lines round-trip through JSON; a line that is not exactly such an object is a ProtocolError
+    naming what is wrong."""
+    from evalchemy.engines.lm_eval.protocol import Answer, Job, ProtocolError
+
+    job = Job(id="b/e", log_path="/r/b_benchmark.log", output_path="/r/lm_eval/b/e", kwargs={"model": "m", "limit": 2},
+              task_folders=("/t/one", "/t/두"), credentials_free_base_url="http://h/v1/completions", scores_dir="/r/s")
+    assert Job.from_line(job.to_line()) == job
+    answer = Answer(id="b/e", ok=True, results={"results": {"t": {"acc,none": 0.5}}}, files=("/r/x.json",),
+                    score_files=("/r/s/t.jsonl",), duration_s=1.5, requests={"sent": 3}, stats={"t": {}})
+    assert Answer.from_line(answer.to_json()) == answer
+    assert Answer.from_line('{"id": "b/e", "ok": false, "error": "boom"}') == Answer(id="b/e", ok=False, error="boom")
+    with pytest.raises(ProtocolError, match=r"^Answer line: missing \['ok'\], unknown \['extra'\]$"):
+        Answer.from_line('{"id": "b/e", "extra": 1}')
+    with pytest.raises(ProtocolError, match="^not a JSON Job line"):
+        Job.from_line(b"Traceback (most recent call last):")
+    with pytest.raises(ProtocolError, match="^a Job is a JSON object, got list$"):
+        Job.from_line("[]")

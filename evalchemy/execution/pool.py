@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
@@ -17,6 +16,7 @@ from evalchemy.engines.lm_eval.accounting import COUNTERS_FD_ENV, Counters
 from evalchemy.execution.process import die_with_parent, stop_process_group
 from evalchemy.plan import BenchmarkPlan, ModelSettings, TaskRun, simple_evaluate_kwargs
 from evalchemy.proxy import PROXY_ENV
+from evalchemy.engines.lm_eval.protocol import Answer, Job
 from evalchemy.engines.lm_eval.worker import RESULT_FD_ENV
 from evalchemy.results.scorefile import scores_dir
 
@@ -54,7 +54,7 @@ class WorkerTimeout(Exception):
     pass
 
 
-class Worker:
+class WorkerProcess:
     """One ``python -m evalchemy.engines.lm_eval.worker`` process in its own process group."""
 
     def __init__(self, env: dict[str, str], boot_log: Path, cwd: Path | None = None):
@@ -90,13 +90,13 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def submit(self, job: dict, timeout_s: float) -> dict:
+    def submit(self, job: Job, timeout_s: float) -> Answer:
         if not self.alive:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
         self.counters.reset()
         try:
-            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.write(job.to_line())
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise WorkerCrashed(self._exit_text()) from None
@@ -113,7 +113,7 @@ class Worker:
                 raise WorkerCrashed(self._exit_text())
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        return Answer.from_line(line)
 
     def _exit_text(self) -> str:
         if self.proc is None:
@@ -166,19 +166,13 @@ def worker_env(gpu: str | None, log_level: str, api_key: str | None = None, onli
     return env
 
 
-def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, log_path: Path,
+def run_task(worker: WorkerProcess, run: TaskRun, model: ModelSettings, run_dir: Path, log_path: Path,
              public_base_url: str, use_cache: str | None = None, max_failed_requests: int = 0) -> RunOutcome:
     """One lm-eval invocation through the worker; a timeout or crash kills the worker (the next job restarts it)."""
     output_path = run_dir / run.output_dir
-    job = {
-        "id": f"{run.benchmark}/{run.entry}",
-        "log_path": str(log_path),
-        "output_path": str(output_path),
-        "kwargs": simple_evaluate_kwargs(run, model, use_cache),
-        "task_folders": list(run.task_folders),
-        "credentials_free_base_url": public_base_url,
-        "scores_dir": str(scores_dir(run_dir, run.benchmark)),
-    }
+    job = Job(id=f"{run.benchmark}/{run.entry}", log_path=str(log_path), output_path=str(output_path),
+              kwargs=simple_evaluate_kwargs(run, model, use_cache), task_folders=tuple(run.task_folders),
+              credentials_free_base_url=public_base_url, scores_dir=str(scores_dir(run_dir, run.benchmark)))
     started = time.monotonic()
     try:
         answer = worker.submit(job, timeout_s=run.timeout)
@@ -191,12 +185,12 @@ def run_task(worker: Worker, run: TaskRun, model: ModelSettings, run_dir: Path, 
         return RunOutcome(run, "failed", error=str(err), duration_s=time.monotonic() - started,
                           requests=worker.counters.read())
     duration = time.monotonic() - started
-    requests = answer.get("requests") or {}
-    if not answer.get("ok"):
-        return RunOutcome(run, "failed", error=answer.get("error") or "lm-eval failed", duration_s=duration,
+    requests = answer.requests
+    if not answer.ok:
+        return RunOutcome(run, "failed", error=answer.error or "lm-eval failed", duration_s=duration,
                           requests=requests)
-    outcome = RunOutcome(run, "success", results=answer["results"], files=answer.get("files", []),
-                         duration_s=duration, requests=requests, stats=answer.get("stats") or {})
+    outcome = RunOutcome(run, "success", results=answer.results, files=list(answer.files),
+                         duration_s=duration, requests=requests, stats=answer.stats)
     error = empty_answer_error(requests, max_failed_requests)
     if error:
         outcome.status, outcome.error = "failed", error
@@ -218,7 +212,7 @@ def empty_answer_error(requests: dict, allowed: int) -> str | None:
     return None
 
 
-def run_benchmark(worker: Worker, bench: BenchmarkPlan, model: ModelSettings, run_dir: Path,
+def run_benchmark(worker: WorkerProcess, bench: BenchmarkPlan, model: ModelSettings, run_dir: Path,
                   public_base_url: str, outcomes: list[RunOutcome], on_run_done=None,
                   use_cache: str | None = None, max_failed_requests: int = 0) -> None:
     """Run the benchmark's invocations in order, appending each outcome to ``outcomes`` as it finishes (so an

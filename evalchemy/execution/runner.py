@@ -25,7 +25,7 @@ from evalchemy.errors import (
     UsageError,
     run_exit_code,
 )
-from evalchemy.execution.pool import RunOutcome, Worker, run_benchmark, worker_env
+from evalchemy.execution.pool import RunOutcome, WorkerProcess, run_benchmark, worker_env
 from evalchemy.plan import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_LENGTH,
@@ -295,7 +295,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
     pre: Preflight | None = None
     preflight_error: str | None = None
     interrupted: Interrupted | None = None
-    worker: Worker | None = None
+    worker: WorkerProcess | None = None
     backend = backend_for(opts.endpoint)
     started = False
     scan: dict | None = None
@@ -321,7 +321,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
             kept = previous_successes(summary_path, config, pre, endpoint_id)
             cache = str(run_dir / ".request_cache" /
                         request_cache_key(replace(pre.model_settings, base_url=endpoint_id)))
-            worker = Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online, proxy=opts.proxy),
+            worker = WorkerProcess(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online, proxy=opts.proxy),
                             run_dir / ".worker.log",
                             cwd=opts.home)
             to_run = plan.to_run
@@ -489,7 +489,7 @@ def _spread(opts, plan, api_key, pre, worker, kept, events, records, run_dir, ca
         return record
 
     spread.run_spread(opts, plan, api_key, pres,
-                      lambda: Worker(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online,
+                      lambda: WorkerProcess(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online,
                                                 proxy=opts.proxy), run_dir / ".worker.log", cwd=opts.home),
                       run_one, {k: _kept_record(k, v) for k, v in kept.items()}, events, records)
 

@@ -66,11 +66,11 @@ def _folder_problem(run_dir: Path) -> bool:
     return not run_dir.is_dir() or not os.access(run_dir, os.W_OK | os.X_OK)
 
 
-def describe(err: BaseException, job: dict) -> str:
+def describe(err: BaseException, job) -> str:
     """The error text of a failed job: what went wrong and what to do, else lm-eval's last line."""
     text = str(err).strip()
     original = f"{type(err).__name__}: {text.splitlines()[-1]}" if text else type(err).__name__
-    run_dir = Path(job["log_path"]).parent
+    run_dir = Path(job.log_path).parent  # job: a protocol.Job
     if isinstance(err, MissingLogprobs):
         return NO_LOGPROBS
     if isinstance(err, KeyboardInterrupt):
@@ -79,7 +79,7 @@ def describe(err: BaseException, job: dict) -> str:
         return (f"the run folder {run_dir} was removed or made unwritable during the run ({original}); "
                 "leave it in place, writable, until the run ends")
     if _is_timeout(err):
-        args = (job.get("kwargs") or {}).get("model_args") or {}
+        args = job.kwargs.get("model_args") or {}
         return (f"a request got no answer within the per-request timeout ({args.get('timeout', '?')} s, "
                 f"--request-timeout) in any of its {args.get('max_retries', '?')} attempt(s); raise "
                 "--request-timeout, or lower --concurrency or --batch-size if the server is overloaded")

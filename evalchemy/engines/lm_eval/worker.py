@@ -7,10 +7,7 @@ saves lm-eval's output files as ``lm_eval run --output_path`` does, and answers 
 (file descriptor named by ``EVALCHEMY_RESULT_FD``), which nothing else writes to. Its request counts also go, as
 they change, to the runner's counters file (evalchemy/accounting.py), which outlives a killed worker.
 
-Job:    {"id", "log_path", "output_path", "kwargs", "task_folders", "credentials_free_base_url", "scores_dir"}
-Answer: {"id", "ok": bool, "error": str | None, "results": dict | None, "files": [str], "score_files": [str],
-         "duration_s": float, "requests": {"sent", "failed_attempts", "empty_answers", "truncated_prompts"},
-         "stats": {task: {filter: counts}} (evalchemy.results.stats.sample_stats)}
+The messages are ``evalchemy.engines.lm_eval.protocol``'s ``Job`` and ``Answer``.
 
 Every job writes one compact score file per task into ``scores_dir`` (``evalchemy.results.scorefile``): lm-eval
 is always asked for its samples, and its own samples files are saved only when the job's kwargs asked for them.
@@ -20,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 import os
 import sys
 import time
@@ -30,6 +28,7 @@ from evalchemy import proxy, redaction
 from evalchemy.results.stats import sample_stats
 from evalchemy.engines.lm_eval import failures
 from evalchemy.engines.lm_eval.accounting import RequestStats, no_progress_bars
+from evalchemy.engines.lm_eval.protocol import Answer, Job
 from evalchemy.backends.echo_check import ECHO_MODEL
 
 RESULT_FD_ENV = "EVALCHEMY_RESULT_FD"
@@ -55,7 +54,9 @@ def _setup_logging(stats: RequestStats) -> None:
     redaction.guard_logging()
 
 
-class Worker:
+class JobRunner:
+    """Runs jobs in this process, one TaskManager per set of task folders (kept for the jobs that follow)."""
+
     def __init__(self) -> None:
         self._task_managers: dict[tuple[str, ...], object] = {}
 
@@ -66,7 +67,8 @@ class Worker:
             self._task_managers[folders] = TaskManager(include_defaults=False, include_path=list(folders))
         return self._task_managers[folders]
 
-    def run(self, job: dict) -> dict:
+    def run(self, job: Job) -> dict:
+        """The answer's fields for a job that ran: results, files, score_files, duration_s, stats."""
         import lm_eval
         from lm_eval.loggers import EvaluationTracker
         from lm_eval.utils import handle_non_serializable
@@ -74,15 +76,15 @@ class Worker:
         from evalchemy.results.scorefile import write_score_files
 
         started = time.monotonic()
-        kwargs = dict(job["kwargs"])
+        kwargs = dict(job.kwargs)
         wanted_samples = kwargs.get("log_samples")
         kwargs["log_samples"] = True  # score files and the stats layer need them; lm-eval's files only when asked
         if kwargs.get("model") == ECHO_MODEL:
             import evalchemy.engines.lm_eval.echo_model  # noqa: F401 - registers the model in lm-eval's registry
-        tracker = EvaluationTracker(output_path=job["output_path"])
+        tracker = EvaluationTracker(output_path=job.output_path)
         results = lm_eval.simple_evaluate(
             **kwargs,
-            task_manager=self.task_manager(tuple(job["task_folders"])),
+            task_manager=self.task_manager(job.task_folders),
             evaluation_tracker=tracker,
         )
         if results is None:
@@ -95,24 +97,25 @@ class Worker:
                                                 "summary keeps accuracy, n and the interval only",
                                                 type(err).__name__, err)
             stats = {}
-        score_files = write_score_files(job["scores_dir"], samples, list(results.get("configs") or {})) \
-            if samples and job.get("scores_dir") else []
+        score_files = write_score_files(job.scores_dir, samples, list(results.get("configs") or {})) \
+            if samples and job.scores_dir else []
         samples = samples if wanted_samples else None
         config = results.get("config") or {}
         if isinstance(config.get("model_args"), dict):
-            config["model_args"] = {**config["model_args"], "base_url": job["credentials_free_base_url"]}
+            config["model_args"] = {**config["model_args"], "base_url": job.credentials_free_base_url}
         elif "model_args" in config:
             config["model_args"] = "(removed: it may hold credentials)"
         # Round-trip through JSON so numpy numbers become plain ones, exactly as lm-eval writes them.
         results = json.loads(json.dumps(results, default=handle_non_serializable, ensure_ascii=False))
-        before = set(Path(job["output_path"]).rglob("*")) if Path(job["output_path"]).exists() else set()
+        output = Path(job.output_path)
+        before = set(output.rglob("*")) if output.exists() else set()
         tracker.save_results_aggregated(results=results, samples=samples)
         if samples is not None:
             for task_name in results.get("configs", {}):
                 if task_name in samples:
                     tracker.save_results_samples(task_name=task_name, samples=samples[task_name])
-        files = sorted(str(p) for p in set(Path(job["output_path"]).rglob("*")) - before if p.is_file())
-        return {"results": results, "files": files, "score_files": score_files,
+        files = tuple(sorted(str(p) for p in set(output.rglob("*")) - before if p.is_file()))
+        return {"results": results, "files": files, "score_files": tuple(score_files),
                 "duration_s": time.monotonic() - started, "stats": stats}
 
 
@@ -130,7 +133,7 @@ def main() -> int:
     sys.stdout = redaction.ScrubbingStream(sys.stdout)
     sys.stderr = redaction.ScrubbingStream(sys.stderr)
     answers = os.fdopen(result_fd, "w", encoding="utf-8", buffering=1)
-    worker = Worker()
+    runner = JobRunner()
     no_progress_bars()
     stats = RequestStats.from_env()
     stats.install()
@@ -142,24 +145,21 @@ def main() -> int:
     for line in sys.stdin:
         if not line.strip():
             continue
-        job = json.loads(line)
-        _redirect_output(job["log_path"])
+        job = Job.from_line(line)
+        _redirect_output(job.log_path)
         _setup_logging(stats)
         stats.reset()
-        answer: dict = {"id": job["id"], "ok": False, "error": None, "results": None, "files": [],
-                        "requests": stats.as_dict()}
         try:
-            answer.update(worker.run(job), ok=True)
+            answer = Answer(id=job.id, ok=True, **runner.run(job))
         except BaseException as err:  # noqa: BLE001 - reported to the runner, which records the failure
             _quietly(lambda: sys.stderr.write(redaction.scrub(traceback.format_exc())))  # the log may be on a full disk
-            answer["error"] = redaction.scrub(failures.describe(err, job))
+            answer = Answer(id=job.id, ok=False, error=redaction.scrub(failures.describe(err, job)))
             if isinstance(err, KeyboardInterrupt):
-                answers.write(redaction.scrub(json.dumps(answer)) + "\n")
+                answers.write(redaction.scrub(replace(answer, requests=stats.as_dict()).to_json()) + "\n")
                 return 130
-        answer["requests"] = stats.as_dict()
         _quietly(sys.stdout.flush)
         _quietly(sys.stderr.flush)
-        answers.write(redaction.scrub(json.dumps(answer, ensure_ascii=False)) + "\n")
+        answers.write(redaction.scrub(replace(answer, requests=stats.as_dict()).to_json()) + "\n")
     return 0
 
 
