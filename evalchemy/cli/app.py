@@ -116,14 +116,79 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     run_id = runid.check_run_id(run_id if run_id is not None else runid.default_run_id())
     gpu = runid.check_gpu(gpu)
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
+    api_key, notify_secrets = _secrets(api_key_env, notify_url)
+    includes = _include_paths(include_paths)
+    backend, endpoint_urls, proxy_url, batch_size = _check_endpoints(endpoint, more_endpoints, proxy_url,
+                                                                     batch_size)
+
+    cfg, index = _load(config_file, includes)
+    local_tasks = plan_mod.LocalTasks(data_dir=resolve_data_dir(data_dir), home=home(),
+                                      write_files=not (validate_config or list_benchmarks))
+    plan = plan_mod.build_plan(cfg, local_tasks, index, batch_size=batch_size, include_paths=includes,
+                               concurrency=concurrency)
+
+    if validate_config or list_benchmarks:
+        _show_config(cfg, plan, config_file, validate_config)
+        return
+    if not plan.to_run:
+        raise UsageError(f"{config_file}: nothing to run: every benchmark is disabled or lists only disabled tasks")
+    if dry_run:
+        for warning in cfg.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        settings = dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency, request_timeout,
+                                    max_length)
+        print_dry_run(plan, settings, output / run_id, sys.stdout)
+        return
+
+    opts = _run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
+                        request_timeout, log_level, max_failed_requests, online, proxy_url, store, more_endpoints,
+                        client)
+    _start_run(opts, cfg, plan, index, api_key, notify_secrets, notify_url, fresh, write_report)
+
+
+def _run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
+                 request_timeout, log_level, max_failed_requests, online, proxy_url, store, more_endpoints, client):
+    """The run's options from its checked flags."""
+    from evalchemy import plan as plan_mod
+
+    if not endpoint:
+        raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
+                         "--endpoint http://gpu-box:8000/v1/completions")
+    from evalchemy.execution.options import RunOptions
+    from evalchemy.store.db import resolve_url
+
+    opts = RunOptions(
+        endpoint=endpoint, run_id=run_id, output_dir=output.resolve(), model=model,
+        tokenizer=str(Path(tokenizer).expanduser().resolve()) if tokenizer and Path(tokenizer).expanduser().exists()
+        else tokenizer,
+        batch_size=batch_size, gpu=gpu, max_length=max_length,
+        concurrency=concurrency or plan_mod.DEFAULT_CONCURRENCY,
+        request_timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
+        log_level=log_level,
+        max_failed_requests=max_failed_requests,
+        online=online,
+        home=home(),
+        proxy=proxy_url,
+        store=resolve_url(store, output),
+        more_endpoints=more_endpoints,
+        client=client,
+    )
+    return opts
+
+
+def _secrets(api_key_env: str, notify_url: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """The API key from the environment and the notification URL's password, protected from every log."""
     api_key = os.environ.get(api_key_env)
-    if notify_url:
-        from evalchemy.execution import notify as notify_mod
-    notify_secrets = notify_mod.secrets(notify_url) if notify_url else ()
+    notify_secrets = _notify_mod().secrets(notify_url) if notify_url else ()
     redaction.protect(api_key, *notify_secrets)
     if api_key is None and api_key_env != "OPENAI_API_KEY":
         raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
-    includes = _include_paths(include_paths)
+    return api_key, notify_secrets
+
+
+def _check_endpoints(endpoint, more_endpoints, proxy_url, batch_size):
+    """The backend of ``--endpoint``, its normalized URLs, the checked ``--proxy`` and the batch size it allows; a
+    malformed URL is a usage error, checked first."""
     from evalchemy.backends.openai_completions import normalize
     from evalchemy.backends.registry import backend_for
 
@@ -149,74 +214,41 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
             logger.warning("--endpoint %s serves one prompt per request: --batch-size %d is ignored", endpoint,
                            batch_size)
         batch_size = 1
+    return backend, endpoint_urls, proxy_url, batch_size
 
-    cfg, index = _load(config_file, includes)
-    local_tasks = plan_mod.LocalTasks(data_dir=resolve_data_dir(data_dir), home=home(),
-                                      write_files=not (validate_config or list_benchmarks))
-    plan = plan_mod.build_plan(cfg, local_tasks, index, batch_size=batch_size, include_paths=includes,
-                               concurrency=concurrency)
 
-    if validate_config:
-        for warning in cfg.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        enabled = len(plan.to_run)
-        runs = sum(len(b.runs) for b in plan.to_run)
-        click.echo(f"{config_file}: valid ({len(cfg.benchmarks)} benchmarks, {enabled} enabled, "
-                   f"{runs} lm-eval runs)")
-        return
-    if list_benchmarks:
+def _show_config(cfg, plan, config_file: Path, validate_config: bool) -> None:
+    """--validate-config's verdict, or --list-benchmarks' table."""
+    if not validate_config:
         print_benchmarks(cfg, plan)
         return
-    if not plan.to_run:
-        raise UsageError(f"{config_file}: nothing to run: every benchmark is disabled or lists only disabled tasks")
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    enabled = len(plan.to_run)
+    runs = sum(len(b.runs) for b in plan.to_run)
+    click.echo(f"{config_file}: valid ({len(cfg.benchmarks)} benchmarks, {enabled} enabled, {runs} lm-eval runs)")
 
-    if dry_run:
-        for warning in cfg.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        settings = dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency, request_timeout,
-                                    max_length)
-        print_dry_run(plan, settings, output / run_id, sys.stdout)
-        return
 
-    if not endpoint:
-        raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
-                         "--endpoint http://gpu-box:8000/v1/completions")
+def _start_run(opts, cfg, plan, index, api_key, notify_secrets, notify_url, fresh, write_report) -> None:
+    """The run itself, under the output folder's lock; exits with the summary's exit code."""
     from evalchemy.execution import runner
-    from evalchemy.store.db import resolve_url
-
-    opts = runner.RunOptions(
-        endpoint=endpoint, run_id=run_id, output_dir=output.resolve(), model=model,
-        tokenizer=str(Path(tokenizer).expanduser().resolve()) if tokenizer and Path(tokenizer).expanduser().exists()
-        else tokenizer,
-        batch_size=batch_size, gpu=gpu, max_length=max_length,
-        concurrency=concurrency or plan_mod.DEFAULT_CONCURRENCY,
-        request_timeout=request_timeout or plan_mod.DEFAULT_REQUEST_TIMEOUT_S,
-        log_level=log_level,
-        max_failed_requests=max_failed_requests,
-        online=online,
-        home=home(),
-        proxy=proxy_url,
-        store=resolve_url(store, output),
-        more_endpoints=more_endpoints,
-        client=client,
-    )
     from evalchemy.execution import signals, storage
     from evalchemy.execution.lock import RunLock
 
-    storage.check_output_dir(output, run_id)
+    storage.check_output_dir(opts.output_dir, opts.run_id)
     ctx = click.get_current_context()
     # from here a signal is recorded, and raised only where the run can stop its work (see signals.py); the CLI's
     # own process keeps this handler until it exits, so that its exit code is always the summary's
     guard = signals.reset().install()
-    lock = RunLock(output, run_id)
+    lock = RunLock(opts.output_dir, opts.run_id)
     try:
-        with storage.room_to_start(output):
+        with storage.room_to_start(opts.output_dir):
             lock.acquire()
             if fresh and opts.run_dir.exists():
                 import shutil
 
                 shutil.rmtree(opts.run_dir)
-            logs = attach_run_logs(opts.run_dir, run_id, log_level)
+            logs = attach_run_logs(opts.run_dir, opts.run_id, opts.log_level)
         result = runner.execute(opts, cfg, plan, TerminalEvents(), api_key=api_key, index=index,
                                 other_secrets=notify_secrets)
         if write_report and result.summary_error is None:
@@ -225,10 +257,10 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
             try:
                 write_run_report(opts.run_dir)
             except (OSError, EvalchemyError) as err:  # the run's outcome and exit code stand
-                logger.error("could not write the report: %s (retry: run_evalchemy.sh report %s)", err, run_id)
+                logger.error("could not write the report: %s (retry: run_evalchemy.sh report %s)", err, opts.run_id)
         if notify_url:
             before = len(guard.received)
-            notify_mod.notify(notify_url, result.summary, result.summary_path)
+            _notify_mod().notify(notify_url, result.summary, result.summary_path)
             if len(guard.received) > before:
                 logger.warning("%s received while sending the notification: it was still sent; exit code %d, "
                                "as the summary says", guard.names(), result.exit_code)
@@ -242,6 +274,13 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if result.summary_error is None:
         click.echo(str(result.summary_path))
     ctx.exit(result.exit_code)
+
+
+
+def _notify_mod():
+    from evalchemy.execution import notify
+
+    return notify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
