@@ -130,10 +130,10 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
     needs_ll = False
     data_path = None
     if entry.dataset is not None:
-        from evalchemy.datasets import local as localdata
+        from evalchemy.datasets import local as localdata, task_files
 
         data_path = localdata.resolve(local_tasks.data_dir, entry.dataset.path)
-        folder = str(localdata.write_task_file(local_tasks.cache_dir, entry.name, data_path, entry.dataset.subset,
+        folder = str(task_files.write_task_file(local_tasks.cache_dir, entry.name, data_path, entry.dataset.subset,
                                                entry.dataset.answers, write=local_tasks.write_files))
         include_paths, folders, needs_ll = (folder,), [folder], True
     for name in entry.tasks if entry.dataset is None else ():
@@ -179,21 +179,21 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
 def _hub_copy_overrides(entry: TaskEntry, index, local_tasks: LocalTasks) -> tuple[str, tuple[str, ...]] | None:
     """(folder of override task files, their task names) for the entry's lm-eval tasks whose hub dataset has a
     saved copy in the data folder; None when none has."""
-    from evalchemy.datasets import local as localdata
+    from evalchemy.datasets import hub as hubdata, local as localdata
 
-    if not (local_tasks.data_dir / localdata.HUB_DIR).is_dir():
+    if not (local_tasks.data_dir / hubdata.HUB_DIR).is_dir():
         return None
     overrides: dict[str, str] = {}
-    for hub in localdata.hub_tasks(entry.tasks, index, local_tasks.home):
+    for hub in hubdata.hub_tasks(entry.tasks, index, local_tasks.home):
         try:
-            splits = localdata.saved_splits(localdata.hub_copy_dir(local_tasks.data_dir, hub.dataset_path,
+            splits = localdata.saved_splits(hubdata.hub_copy_dir(local_tasks.data_dir, hub.dataset_path,
                                                                    hub.dataset_name))
         except localdata.DataError:
             continue  # the data check reports a broken copy
-        overrides[hub.task] = localdata.hub_override_yaml(hub.task, hub.yaml, splits)
+        overrides[hub.task] = hubdata.hub_override_yaml(hub.task, hub.yaml, splits)
     if not overrides:
         return None
-    return (str(localdata.write_hub_overrides(local_tasks.cache_dir, overrides, write=local_tasks.write_files)),
+    return (str(hubdata.write_hub_overrides(local_tasks.cache_dir, overrides, write=local_tasks.write_files)),
             tuple(sorted(overrides)))
 
 

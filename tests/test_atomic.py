@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from evalchemy import atomic
 
-from evalchemy.datasets import local as localdata
+from evalchemy.datasets import task_files
 
 from evalchemy.results import summary
 
@@ -70,7 +70,7 @@ def _summary(folder: Path, monkeypatch) -> Path:
 
 
 def _task_file(folder: Path, monkeypatch) -> Path:
-    task_folder = localdata.write_task_file(folder, "kmmlu_x", folder / "data", None, "1-4")
+    task_folder = task_files.write_task_file(folder, "kmmlu_x", folder / "data", None, "1-4")
     return task_folder / "kmmlu_x.yaml"
 
 

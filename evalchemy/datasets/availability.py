@@ -112,9 +112,9 @@ def _problem(task: str, info: dict, home: Path, data_dir: Path | None = None) ->
     if hfcache.datasets_cached(path, name):
         return None
     if data_dir is not None:
-        from evalchemy.datasets import local as localdata
+        from evalchemy.datasets import hub as hubdata, local as localdata
 
-        copy = localdata.hub_copy_dir(data_dir, path, name)
+        copy = hubdata.hub_copy_dir(data_dir, path, name)
         if copy.exists():
             try:
                 localdata.saved_splits(copy)

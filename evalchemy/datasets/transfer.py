@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from evalchemy import __version__, atomic
-from evalchemy.datasets import local as localdata
+from evalchemy.datasets import hub as hubdata, local as localdata
 from evalchemy.config.model import Config, TaskEntry
 from evalchemy.errors import UsageError
 from evalchemy.datasets.local import DataError
@@ -136,9 +136,9 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
     files: dict[str, Path] = {}
     for entry in entries_to_export(config, benchmarks):
         if entry.dataset is None:
-            hub_tasks = localdata.hub_tasks(entry.tasks, index, home) if index is not None else []
+            hub_tasks = hubdata.hub_tasks(entry.tasks, index, home) if index is not None else []
             for task, _, path, name, kwargs in hub_tasks:
-                copy = localdata.hub_copy_dir(data_dir, path, name)
+                copy = hubdata.hub_copy_dir(data_dir, path, name)
                 rel = _relative(data_dir, copy)
                 if any(d["path"] == rel for d in datasets_entries):
                     continue
