@@ -99,8 +99,8 @@ quiet_pip install "gguf==${gguf_version}" || die "installing gguf failed"
 
 echo "Building the model's tokenizer and checking it against llama.cpp" >&2
 export TRANSFORMERS_VERBOSITY=error  # not the "PyTorch was not found" notice: this needs no torch
-"$python" -m evalchemy.backends.llamacpp build-tokenizer
-"$python" -m evalchemy.backends.llamacpp verify || die "the built tokenizer does not match llama.cpp (see above)"
+"$python" -m evalchemy.backends.llamacpp_setup build-tokenizer
+"$python" -m evalchemy.backends.llamacpp_setup verify || die "the built tokenizer does not match llama.cpp (see above)"
 rm -f "$state"/ready-*
 touch "$stamp"
 echo "embedded model: ready" >&2

@@ -16,6 +16,7 @@ import pytest
 
 from evalchemy.backends import echo_check as echo
 from evalchemy.backends import llamacpp as local_model
+from evalchemy.backends import llamacpp_setup as local_setup
 from evalchemy.errors import PreflightError
 from evalchemy.backends.llamacpp import MODEL_ID, LocalServer
 from evalchemy.plan import ModelSettings
@@ -112,10 +113,10 @@ def test_server_starts_and_answers_a_completion(server):
     assert answer["usage"]["completion_tokens"] == 4
 
 
-@pytest.mark.parametrize("text", local_model.VERIFY_TEXTS)
+@pytest.mark.parametrize("text", local_setup.VERIFY_TEXTS)
 def test_built_tokenizer_gives_llama_cpps_ids(server, tokenizer, text):
     """The tokenizer built from the GGUF gives llama.cpp's ids (English, digits, Korean, special tokens), BOS first."""
-    assert local_model.server_tokens(server, text) == [tokenizer.bos_token_id] + tokenizer.encode(
+    assert local_setup.server_tokens(server, text) == [tokenizer.bos_token_id] + tokenizer.encode(
         text, add_special_tokens=False)
 
 
@@ -249,7 +250,7 @@ def test_bos_override_aligns_echoed_logprobs(tmp_path, tokenizer, server, refere
     ids = tokenizer.encode(context + answer, add_special_tokens=False)
     assert len(ids) == ctxlen + 1  # a one-token answer: the case that silently scores 0
 
-    assert local_model.server_tokens(server, context + answer) == [tokenizer.bos_token_id] + ids
+    assert local_setup.server_tokens(server, context + answer) == [tokenizer.bos_token_id] + ids
     good = _echo(server, context + answer)
     assert good["tokens"][:-1] == [tokenizer.decode([i]) for i in ids]  # BOS is not echoed
     assert len(good["token_logprobs"]) == len(ids) + 1
@@ -257,7 +258,7 @@ def test_bos_override_aligns_echoed_logprobs(tmp_path, tokenizer, server, refere
     assert good["token_logprobs"][1:len(ids)] == pytest.approx(_token_logprobs(reference, ids)[1:], abs=TOLERANCE)
 
     with LocalServer(tmp_path / "broken.log", broken_bos=True) as broken_server:
-        assert local_model.server_tokens(broken_server, context + answer) == ids  # no BOS
+        assert local_setup.server_tokens(broken_server, context + answer) == ids  # no BOS
         broken = _echo(broken_server, context + answer)
         with pytest.raises(PreflightError) as err:
             echo.check(_check_settings(broken_server))

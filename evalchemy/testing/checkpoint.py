@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from evalchemy.backends import llamacpp
+from evalchemy.backends import llamacpp, llamacpp_setup
 from evalchemy.errors import PreflightError
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def convert(gguf_path: Path, out: Path) -> Path:
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (staging / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"]}, indent=2) + "\n")
-        llamacpp.build_tokenizer(gguf_path, staging)
+        llamacpp_setup.build_tokenizer(gguf_path, staging)
         if out.exists():
             shutil.rmtree(out)
         staging.chmod(0o755)  # mkdtemp's folder is private; a checkpoint is not
