@@ -70,134 +70,13 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
-UNK, BOS, EOS = "[UNK]", "<s>", "</s>"
-SPECIALS = (UNK, BOS, EOS)
-GENERATED_TOKEN = EOS  # the one token an echo request generates after the prompt
-DEFAULT_MAX_TOKENS = 16  # vLLM's default for /v1/completions
-MAX_BODY_BYTES = 64 * 1024 * 1024
-IDLE_CONNECTION_S = 120  # a keep-alive connection with no request for this long is closed
-VERSION = "0.0.0+evalchemy.testing.server"
-
-
-# -- tokenizer -----------------------------------------------------------------------------------------------------
-
-
-def _pre_tokenizer():
-    from tokenizers import pre_tokenizers
-
-    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-
-
-def build_test_tokenizer(folder: Path, texts: Iterable[str]) -> Path:
-    """Write a Hugging Face fast tokenizer covering every word of ``texts`` to ``folder`` and return it.
-
-    Word level: split on whitespace, each punctuation character its own token; ids are the special tokens
-    ``[UNK]`` 0, ``<s>`` 1, ``</s>`` 2, then the words sorted. Decoding joins tokens with single spaces. No
-    post-processor: ``add_special_tokens`` adds nothing. Same texts, same bytes; nothing is downloaded, and
-    ``transformers.AutoTokenizer.from_pretrained(folder)`` loads it offline.
-    """
-    from tokenizers import Tokenizer, decoders, models
-
-    folder = Path(folder)
-    pre = _pre_tokenizer()
-    words = {piece for text in texts for piece, _ in pre.pre_tokenize_str(text)}
-    vocab = {token: i for i, token in enumerate(SPECIALS)}
-    for word in sorted(words - set(SPECIALS)):
-        vocab[word] = len(vocab)
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    tokenizer.pre_tokenizer = pre
-    tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # no token starts with "##": joins with " "
-    tokenizer.add_special_tokens(list(SPECIALS))
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK}
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **special}
-    for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
-        (folder / name).write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return folder
-
-
-# -- behaviour -----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Answers:
-    """The deterministic model: see the module docstring."""
-
-    favoured: set[str] = field(default_factory=set)
-    favoured_logprob: float = -0.1
-    default_logprob: float = -2.0
-    generations: list[dict] = field(default_factory=list)
-    default_generation: str = "I do not know"
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "Answers":
-        data = dict(data or {})
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"answers: unknown key(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(cls.__dataclass_fields__)}")
-        for rule in data.get("generations", []):
-            if not (isinstance(rule, dict) and isinstance(rule.get("contains"), str)
-                    and isinstance(rule.get("text"), str)):
-                raise ValueError(f"answers.generations: {rule!r} is not {{'contains': str, 'text': str}}")
-        data["favoured"] = set(data.get("favoured", ()))
-        return cls(**data)
-
-    def logprob(self, token: str) -> float:
-        return self.favoured_logprob if token in self.favoured else self.default_logprob
-
-    def top_logprobs(self, token: str, logprob: float) -> dict[str, float]:
-        """The chosen token, plus a favoured word when that one is likelier (then the choice was not greedy)."""
-        top = {token: logprob}
-        if self.favoured and logprob < self.favoured_logprob:
-            top[min(self.favoured)] = self.favoured_logprob
-        return top
-
-    def generate(self, prompt: str, words: Callable[[str], str] = lambda s: s) -> str:
-        """The first rule whose ``contains`` is in ``prompt`` (as is, or word by word through ``words``)."""
-        prompt_words = None
-        for rule in self.generations:
-            if rule["contains"] in prompt:
-                return rule["text"]
-            prompt_words = words(prompt) if prompt_words is None else prompt_words
-            if words(rule["contains"]) in prompt_words:
-                return rule["text"]
-        return self.default_generation
-
-
-def _error(message: str, kind: str, code: int) -> dict:
-    """vLLM's error body."""
-    return {"object": "error", "message": message, "type": kind, "param": None, "code": code}
-
-
-def _error_type(code: int) -> str:
-    known = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 429: "RateLimitError",
-             500: "InternalServerError", 503: "ServiceUnavailableError"}
-    if code in known:
-        return known[code]
-    try:
-        return HTTPStatus(code).phrase.replace(" ", "").replace("-", "") + "Error"
-    except ValueError:
-        return "Error"
-
-
-class _BadRequest(ValueError):
-    pass
-
-
-class _QuietHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:  # a client that went away is not news
-        pass
-
+from evalchemy.testing.behaviour import Answers, BadRequest, error_body
+from evalchemy.testing.completions import DEFAULT_MAX_TOKENS, GENERATED_TOKEN, Completions  # noqa: F401 - re-exported
+from evalchemy.testing.http import Handler, QuietHTTPServer
+from evalchemy.testing.tokenizer import BOS, EOS, SPECIALS, UNK, build_test_tokenizer  # noqa: F401 - re-exported
 
 # -- server --------------------------------------------------------------------------------------------------------
 
@@ -234,7 +113,7 @@ class _Slots:
             self._cond.notify_all()
 
 
-class TestServer:
+class TestServer(Completions):
     """vLLM look-alike on 127.0.0.1. Use as a context manager, or ``start()`` / ``stop()``.
 
     Attributes tests read: ``port``, ``base_url``, ``completions_url``, ``requests`` (parsed bodies of the
@@ -288,7 +167,8 @@ class TestServer:
         self._answered = 0
         self._closed = threading.Event()  # set by stop() and by an in-process death: ends hangs and waits
         self._connections: set[socket.socket] = set()
-        self._httpd = _QuietHTTPServer(("127.0.0.1", port), self._handler())
+        self._httpd = QuietHTTPServer(("127.0.0.1", port), Handler)
+        self._httpd.app = self
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -351,134 +231,6 @@ class TestServer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def _check_ids(self, ids: list) -> list[int]:
-        vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        for token_id in ids:
-            if not isinstance(token_id, int) or isinstance(token_id, bool):
-                raise _BadRequest(f"token ids must be integers, got {token_id!r}")
-            if not 0 <= token_id < vocab:
-                raise _BadRequest(f"Token id {token_id} is out of vocabulary")
-        return list(ids)
-
-    # -- /v1/completions ---------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _prompts(prompt) -> list:
-        if isinstance(prompt, str):
-            return [prompt]
-        if isinstance(prompt, list) and prompt:
-            if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-                return [prompt]
-            if all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt):
-                return list(prompt)
-        raise _BadRequest("prompt must be a string, a list of strings, a list of token ids or a list of lists of "
-                          "token ids")
-
-    def _check_length(self, n_prompt: int, max_tokens: int | None) -> None:
-        """vLLM's rule: the prompt plus max_tokens must fit in max_model_len (so a prompt of exactly
-        max_model_len tokens is refused when one token is asked for, as in a log-likelihood request)."""
-        limit = self.max_model_len
-        if max_tokens is None:
-            if n_prompt >= limit:
-                raise _BadRequest(f"This model's maximum context length is {limit} tokens. However, you requested "
-                                  f"{n_prompt} tokens in the messages, Please reduce the length of the messages.")
-        elif n_prompt + max_tokens > limit:
-            raise _BadRequest(f"This model's maximum context length is {limit} tokens. However, you requested "
-                              f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the "
-                              "completion). Please reduce the length of the messages or completion.")
-
-    def _logprobs(self, tokens: list[str], offsets: list[int], n_prompt: int) -> dict:
-        """Echoed prompt tokens (the first has none, as in vLLM) then generated ones, which are the greedy
-        choice at every step, so their top_logprobs hold only themselves."""
-        token_logprobs: list[float | None] = []
-        top: list[dict | None] = []
-        for i, token in enumerate(tokens):
-            lp = None if i == 0 and n_prompt else self.answers.logprob(token)
-            token_logprobs.append(lp)
-            top.append(None if lp is None else self.answers.top_logprobs(token, lp) if i < n_prompt else {token: lp})
-        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
-
-    def _choice(self, index: int, prompt, body: dict) -> tuple[dict, int, int]:
-        if isinstance(prompt, str):
-            encoding = self.tokenizer.encode(prompt, add_special_tokens=False)
-            ids, offsets, text = encoding.ids, [start for start, _ in encoding.offsets], prompt
-        else:
-            ids = self._check_ids(prompt)
-            tokens = [self._token(i) for i in ids]
-            offsets, pos = [], 0
-            for token in tokens:
-                offsets.append(pos)
-                pos += len(token) + 1
-            text = " ".join(tokens)
-        if not ids:
-            raise _BadRequest("The prompt cannot be empty")
-        max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 0):
-            raise _BadRequest(f"max_tokens must be a non-negative integer, got {max_tokens!r}")
-        self._check_length(len(ids), max_tokens)
-        if max_tokens is None:
-            max_tokens = self.max_model_len - len(ids)
-        want_logprobs = body.get("logprobs") is not None and not self.no_logprobs
-        choice = {"index": index, "text": None, "logprobs": None, "finish_reason": None, "stop_reason": None,
-                  "prompt_logprobs": None}
-
-        if body.get("echo"):
-            # vLLM: the prompt echoed, then the generated token (</s>, a special token: no text); llama.cpp's server
-            # (echo_without_generated) stops at </s> without echoing it
-            ends = max_tokens >= 1
-            generated = [GENERATED_TOKEN] if ends and not self.echo_without_generated else []
-            tokens = [self._token(i) for i in ids] + generated
-            choice["text"] = text
-            choice["finish_reason"] = "stop" if ends else "length"
-            if want_logprobs:
-                choice["logprobs"] = self._logprobs(tokens, offsets + [len(text)] * len(generated), len(ids))
-            return choice, len(ids), len(generated)
-
-        answer = self.answers.generate(text, self._words)
-        stops = body.get("stop") or []
-        stops = [stops] if isinstance(stops, str) else stops
-        finish, stop_reason = "stop", None
-        hits = [(answer.index(s), s) for s in stops if isinstance(s, str) and s and s in answer]
-        if hits:
-            cut, stop_reason = min(hits)
-            answer = answer[:cut]
-        if self.empty_text:
-            answer, stop_reason = "", None
-        encoding = self.tokenizer.encode(answer, add_special_tokens=False)
-        n_out = len(encoding.ids)
-        if n_out > max_tokens:
-            answer = answer[:encoding.offsets[max_tokens - 1][1]] if max_tokens else ""
-            encoding = self.tokenizer.encode(answer, add_special_tokens=False)
-            n_out, finish, stop_reason = max_tokens, "length", None
-        choice.update(text=None if self.null_text else answer, finish_reason=finish, stop_reason=stop_reason)
-        if want_logprobs:
-            tokens = [self._token(i) for i in encoding.ids[:n_out]]
-            choice["logprobs"] = self._logprobs(tokens, [start for start, _ in encoding.offsets[:n_out]], 0)
-        return choice, len(ids), n_out
-
-    def complete(self, body: dict) -> tuple[int, dict]:
-        """Answer a ``/v1/completions`` body: (HTTP status, response body)."""
-        model = body.get("model")
-        if model is not None and model not in (self.model_name, *self.extra_models):
-            return 404, _error(f"The model `{model}` does not exist.", "NotFoundError", 404)
-        choices, used_in, used_out = [], 0, 0
-        try:
-            prompts = self._prompts(body.get("prompt"))
-            for i, prompt in enumerate(prompts):
-                choice, n_in, n_out = self._choice(i, prompt, body)
-                choices.append(choice)
-                used_in += n_in
-                used_out += n_out
-        except _BadRequest as err:
-            return 400, _error(str(err), "BadRequestError", 400)
-        with self._lock:
-            self.prompts_seen += len(prompts)
-        return 200, {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                     "model": model or self.model_name, "choices": choices,
-                     "usage": {"prompt_tokens": used_in, "total_tokens": used_in + used_out,
-                               "completion_tokens": used_out, "prompt_tokens_details": None}}
-
-    # -- other endpoints ---------------------------------------------------------------------------------------
 
     def models(self) -> dict:
         now = int(time.time())
@@ -503,7 +255,7 @@ class TestServer:
     def tokenize(self, body: dict) -> tuple[int, dict]:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
-            return 400, _error("/tokenize needs a string 'prompt' (this server has no chat template)",
+            return 400, error_body("/tokenize needs a string 'prompt' (this server has no chat template)",
                                "BadRequestError", 400)
         ids = self.encode(prompt)
         strs = [self._token(i) for i in ids] if body.get("return_token_strs") else None
@@ -512,8 +264,8 @@ class TestServer:
     def detokenize(self, body: dict) -> tuple[int, dict]:
         try:
             ids = self._check_ids(body.get("tokens") or [])
-        except _BadRequest as err:
-            return 400, _error(str(err), "BadRequestError", 400)
+        except BadRequest as err:
+            return 400, error_body(str(err), "BadRequestError", 400)
         return 200, {"prompt": self._decode(ids)}
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
@@ -546,179 +298,13 @@ class TestServer:
             else:
                 self._connections.discard(conn)
 
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            server_version = "uvicorn"
-            sys_version = ""
-            disable_nagle_algorithm = True  # else small answers wait ~40 ms for delayed ACKs, like no real server
-            timeout = IDLE_CONNECTION_S
-
-            def setup(self) -> None:
-                super().setup()
-                server._track(self.connection, True)
-
-            def finish(self) -> None:
-                try:
-                    super().finish()
-                finally:
-                    server._track(self.connection, False)
-
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
-            def _send(self, code: int, body: dict | bytes) -> None:
-                if code >= 400 and not self._body_read and (self.headers.get("Content-Length") or "0") != "0":
-                    self.close_connection = True  # the unread body must not be taken for the next request
-                data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _gone(self) -> bool:
-                """A stopped or dead server answers nothing: the client sees the connection close."""
-                if server._closed.is_set():
-                    self.close_connection = True
-                    return True
-                return False
-
-            def _path(self) -> str:
-                return self.path.split("?", 1)[0]
-
-            def _authorized(self) -> bool:
-                if not server.api_key or not self._path().startswith("/v1"):
-                    return True
-                if self.headers.get("Authorization") == f"Bearer {server.api_key}":
-                    return True
-                self._send(401, {"error": "Unauthorized"})
-                return False
-
-            def _json_body(self) -> dict | None:
-                """The request's JSON object, or None after answering 400/411/413."""
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    self.close_connection = True
-                    self._send(411, _error("a Content-Length header is required", "LengthRequiredError", 411))
-                    return None
-                if int(length) > MAX_BODY_BYTES:
-                    self.close_connection = True
-                    self._send(413, _error(f"request body over {MAX_BODY_BYTES} bytes", "RequestTooLargeError",
-                                           413))
-                    return None
-                raw = self.rfile.read(int(length))
-                self._body_read = True
-                try:
-                    body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as err:
-                    self._send(400, _error(f"JSON decode error: {err}", "BadRequestError", 400))
-                    return None
-                if not isinstance(body, dict):
-                    self._send(400, _error("the request body must be a JSON object", "BadRequestError", 400))
-                    return None
-                return body
-
-            def _route(self, method: str) -> None:
-                self._body_read = False
-                if self._gone() or not self._authorized():
-                    return
-                path = self._path()
-                routes = {("GET", "/v1/models"), ("GET", "/health"), ("GET", "/version"),
-                          ("POST", "/v1/completions")}
-                if server.tokenizer_endpoints:
-                    routes |= {("GET", "/tokenizer_info"), ("POST", "/tokenize"), ("POST", "/detokenize")}
-                if (method, path) not in routes:
-                    if any(p == path for _, p in routes):
-                        self._send(405, {"detail": "Method Not Allowed"})
-                    else:
-                        self._send(404, {"detail": "Not Found"})
-                    return
-                if path == "/v1/models":
-                    self._send(200, server.models())
-                elif path == "/health":
-                    self._send(200, b"")
-                elif path == "/version":
-                    self._send(200, {"version": VERSION})
-                elif path == "/tokenizer_info":
-                    self._send(200, server.tokenizer_info())
-                elif path == "/v1/completions":
-                    self._completions()
-                else:
-                    body = self._json_body()
-                    if body is not None:
-                        self._send(*(server.tokenize(body) if path == "/tokenize" else server.detokenize(body)))
-
-            def _completions(self) -> None:
-                body = self._json_body()
-                if body is None:
-                    return
-                arrived = time.monotonic()
-                number = server._arrived(body)
-                slots = server._acquire(body)
-                if slots is None:
-                    self.close_connection = True
-                    return
-                dying = False
-                try:
-                    started = time.monotonic()
-                    if server.hang and number > server.hang_after:
-                        server._closed.wait(server.hang)
-                    if self._gone():
-                        return
-                    echo_only = server.fail_echo_headers and not (server.fail_first or server.fail_status)
-                    if number <= server.fail_first or server.fail_status or echo_only:
-                        code = server.fail_status or 500
-                        message = "injected failure"
-                        if server.fail_echo_headers:
-                            message += f"; request headers: {json.dumps(dict(self.headers.items()))}"
-                        answer = code, _error(message, _error_type(code), code)
-                    elif server.malformed:
-                        answer = 200, b'{"choices": [ this is not json'
-                    else:
-                        answer = server.complete(body)
-                    # the latency includes the work, as a real server's does
-                    server._closed.wait(max(0.0, server.latency - (time.monotonic() - started)))
-                    if self._gone():
-                        return
-                    dying = server._count_answer()
-                    if dying and not server.die_exits_process:
-                        server._stop_listening()  # before answering, so the next connection is refused
-                    with server._lock:  # before the write, so a client that has its answer sees it counted
-                        server.timings.append((arrived, time.monotonic()))
-                    self._send(*answer)
-                finally:
-                    if server.capacity is not None:
-                        server.capacity.release(slots)
-                    if dying:
-                        if server.die_exits_process:
-                            os._exit(1)
-                        server.stop()
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._route("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._route("POST")
-
-            def do_PUT(self) -> None:  # noqa: N802
-                self._route("PUT")
-
-            def do_DELETE(self) -> None:  # noqa: N802
-                self._route("DELETE")
-
-        return Handler
-
-
 # -- process -------------------------------------------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m evalchemy.testing.server",
                                      description="A deterministic vLLM look-alike for tests (see the module "
-                                                 "docstring of evalchemy/testserver.py).")
+                                                 "docstring of evalchemy/testing/server.py).")
     add = parser.add_argument
     add("--tokenizer", metavar="DIR", required=True, type=Path, help="tokenizer folder (with tokenizer.json)")
     add("--model-name", metavar="NAME", default="test-model", help="served model name (default: test-model)")
