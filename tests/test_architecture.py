@@ -76,3 +76,38 @@ def test_testing_package_is_off_the_runtime_path():
     users = sorted(m for m, deps in graph.items() if not m.startswith("evalchemy.testing")
                    and any(d.startswith("evalchemy.testing") for d in deps))
     assert users == []
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+FROZEN = "store/migrations/versions"  # schema history as it was shipped: never edited, so never split
+
+
+def oversized(package: Path) -> list[str]:
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES, as 'path[:line name] (n lines)'."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package).as_posix()
+        if rel.startswith(FROZEN):
+            continue
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > MAX_MODULE_LINES:
+            found.append(f"{rel} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{rel}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_oversized_finds_long_modules_and_functions(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "long.py").write_text(f"def f():\n{body}\n" + "\n" * MAX_MODULE_LINES, encoding="utf-8")
+    (tmp_path / "short.py").write_text("def g():\n    return 1\n", encoding="utf-8")
+    assert oversized(tmp_path) == [f"long.py ({MAX_FUNCTION_LINES + 1 + MAX_MODULE_LINES} lines)",
+                                   f"long.py:1 f ({MAX_FUNCTION_LINES + 1} lines)"]
+
+
+def test_no_module_over_400_lines_and_no_function_over_60():
+    assert oversized(PACKAGE) == []

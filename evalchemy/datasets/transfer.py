@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from evalchemy import __version__, atomic
 from evalchemy.datasets import hub as hubdata, local as localdata
+from evalchemy.datasets.fetch import fetch_hub_copy, fetch_source
 from evalchemy.config.model import Config, TaskEntry
 from evalchemy.errors import UsageError
 from evalchemy.datasets.local import DataError
@@ -88,42 +89,6 @@ def entries_to_export(config: Config, benchmarks: tuple[str, ...] = ()) -> list[
     return found
 
 
-def fetch_hub_copy(task: str, path: str, name: str | None, kwargs: dict, target: Path) -> None:
-    """Load an lm-eval task's hub dataset and ``save_to_disk`` it at ``target`` (connected machine only)."""
-    what = path + (f" ({name})" if name else "")
-    logger.info("task %s: fetching %s into %s", task, what, target)
-    _load_and_save(lambda load: load(path, name, **kwargs), target, f"task {task}: cannot fetch {what}")
-
-
-def _load_and_save(load, target: Path, failure: str) -> None:
-    """``load(datasets.load_dataset)``, saved with ``save_to_disk`` at ``target`` (staged, then renamed)."""
-    try:
-        from datasets import load_dataset
-        from datasets.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
-        loaded = load(load_dataset)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.parent / f".{target.name}.fetching"
-        shutil.rmtree(staging, ignore_errors=True)
-        loaded.save_to_disk(str(staging))
-        staging.replace(target)
-    except Exception as err:  # noqa: BLE001 - the hub's errors are many; the message carries the cause
-        raise DataError(f"{failure}: {type(err).__name__}: {err}; export needs a machine that reaches the hub (or "
-                        f"put the data at {target} first)") from None
-
-
-def fetch_source(entry: TaskEntry, target: Path) -> None:
-    """Download the entry's ``dataset.source`` from the hub and ``save_to_disk`` it at ``target`` (connected
-    machine only)."""
-    spec = entry.dataset
-    assert spec is not None and spec.source_repo
-    what = spec.source_repo + (f" ({spec.source_subset})" if spec.source_subset else "")
-    logger.info("task %s: fetching %s into %s", entry.name, what, target)
-    _load_and_save(lambda load: load(spec.source_repo, spec.source_subset, revision=spec.source_revision), target,
-                   f"task {entry.name}: cannot fetch {what}")
-
-
 def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tuple[str, ...] = (), index=None,
                    home: Path | None = None) -> TransferReport:
     """Write every dataset the config needs into ``output``: its tasks' local datasets (fetching ``source`` data that
@@ -136,52 +101,9 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
     files: dict[str, Path] = {}
     for entry in entries_to_export(config, benchmarks):
         if entry.dataset is None:
-            hub_tasks = hubdata.hub_tasks(entry.tasks, index, home) if index is not None else []
-            for task, _, path, name, kwargs in hub_tasks:
-                copy = hubdata.hub_copy_dir(data_dir, path, name)
-                rel = _relative(data_dir, copy)
-                if any(d["path"] == rel for d in datasets_entries):
-                    continue
-                state = "exported"
-                if not copy.exists():
-                    fetch_hub_copy(task, path, name, kwargs, copy)
-                    state = "fetched"
-                try:
-                    splits = localdata.saved_splits(copy)
-                    counts = localdata.split_rows(splits)
-                    saved = localdata.saved_files(copy, splits)
-                except DataError as err:
-                    raise DataError(f"task {task}: {err}") from None
-                for file in saved:
-                    files[_relative(data_dir, file)] = file
-                datasets_entries.append({"task": task, "path": rel, "subset": name, "kind": "hub-copy",
-                                         "splits": counts})
-                report.datasets.append(DatasetReport(task, rel, "hub-copy", counts, state))
-            continue
-        spec = entry.dataset
-        path = localdata.resolve(data_dir, spec.path)
-        try:
-            rel = _relative(data_dir, path)
-        except ValueError:
-            raise UsageError(f"tasks.{entry.name}.dataset.path: {path} is outside the data folder {data_dir}: an "
-                             "archive carries paths inside it; move the data there and give a relative path") from None
-        state = "exported"
-        if not path.exists() and spec.source_repo:
-            fetch_source(entry, path)
-            state = "fetched"
-        try:
-            data = localdata.detect(path, spec.subset)
-            counts = localdata.check(data, spec.answers, entry.num_fewshot)
-        except localdata.MissingData as err:
-            raise DataError(f"task {entry.name}: {err}: put the data there" +
-                            ("" if spec.source_repo else ", or add dataset.source so that export can fetch it")) from None
-        except DataError as err:
-            raise DataError(f"task {entry.name}: {err}") from None
-        for file in data.files:
-            files[_relative(data_dir, file)] = file
-        datasets_entries.append({"task": entry.name, "path": rel, "subset": spec.subset, "kind": data.kind,
-                                 "answers": spec.answers, "splits": counts})
-        report.datasets.append(DatasetReport(entry.name, rel, data.kind, counts, state))
+            _add_hub_copies(entry, index, home, data_dir, datasets_entries, files, report)
+        else:
+            _add_dataset(entry, data_dir, datasets_entries, files, report)
     if not datasets_entries:
         what = f"benchmark{'s' if len(benchmarks) > 1 else ''} {', '.join(benchmarks)}" if benchmarks else \
             "enabled benchmarks"
@@ -197,6 +119,69 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
         "files": [{"path": rel, "bytes": files[rel].stat().st_size, "sha256": sha256_file(files[rel])}
                   for rel in sorted(files)],
     }
+    _write_archive(output, manifest, files)
+    report.files = len(files)
+    report.bytes = output.stat().st_size
+    return report
+
+
+def _add_hub_copies(entry, index, home: Path, data_dir: Path, datasets_entries: list[dict], files: dict[str, Path],
+                    report: TransferReport) -> None:
+    """The saved copies of the hub datasets the entry's lm-eval tasks load (fetched when missing)."""
+    hub_tasks = hubdata.hub_tasks(entry.tasks, index, home) if index is not None else []
+    for task, _, path, name, kwargs in hub_tasks:
+        copy = hubdata.hub_copy_dir(data_dir, path, name)
+        rel = _relative(data_dir, copy)
+        if any(d["path"] == rel for d in datasets_entries):
+            continue
+        state = "exported"
+        if not copy.exists():
+            fetch_hub_copy(task, path, name, kwargs, copy)
+            state = "fetched"
+        try:
+            splits = localdata.saved_splits(copy)
+            counts = localdata.split_rows(splits)
+            saved = localdata.saved_files(copy, splits)
+        except DataError as err:
+            raise DataError(f"task {task}: {err}") from None
+        for file in saved:
+            files[_relative(data_dir, file)] = file
+        datasets_entries.append({"task": task, "path": rel, "subset": name, "kind": "hub-copy",
+                                 "splits": counts})
+        report.datasets.append(DatasetReport(task, rel, "hub-copy", counts, state))
+
+
+def _add_dataset(entry, data_dir: Path, datasets_entries: list[dict], files: dict[str, Path],
+                 report: TransferReport) -> None:
+    """The entry's local dataset (fetched from its ``source`` when not in the data folder yet), checked."""
+    spec = entry.dataset
+    path = localdata.resolve(data_dir, spec.path)
+    try:
+        rel = _relative(data_dir, path)
+    except ValueError:
+        raise UsageError(f"tasks.{entry.name}.dataset.path: {path} is outside the data folder {data_dir}: an "
+                         "archive carries paths inside it; move the data there and give a relative path") from None
+    state = "exported"
+    if not path.exists() and spec.source_repo:
+        fetch_source(entry, path)
+        state = "fetched"
+    try:
+        data = localdata.detect(path, spec.subset)
+        counts = localdata.check(data, spec.answers, entry.num_fewshot)
+    except localdata.MissingData as err:
+        raise DataError(f"task {entry.name}: {err}: put the data there" +
+                        ("" if spec.source_repo else ", or add dataset.source so that export can fetch it")) from None
+    except DataError as err:
+        raise DataError(f"task {entry.name}: {err}") from None
+    for file in data.files:
+        files[_relative(data_dir, file)] = file
+    datasets_entries.append({"task": entry.name, "path": rel, "subset": spec.subset, "kind": data.kind,
+                             "answers": spec.answers, "splits": counts})
+    report.datasets.append(DatasetReport(entry.name, rel, data.kind, counts, state))
+
+
+def _write_archive(output: Path, manifest: dict, files: dict[str, Path]) -> None:
+    """The .tar.gz: the manifest first, then the data files, replacing ``output`` only once complete."""
     with atomic.replacing(output) as tmp:
         with tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
             body = (json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
@@ -206,9 +191,6 @@ def export_archive(config: Config, data_dir: Path, output: Path, benchmarks: tup
             for rel in sorted(files):
                 tar.add(files[rel], arcname=DATA_PREFIX + rel, recursive=False,
                         filter=lambda i: _clean_info(i))
-    report.files = len(files)
-    report.bytes = output.stat().st_size
-    return report
 
 
 def _clean_info(info: tarfile.TarInfo) -> tarfile.TarInfo:

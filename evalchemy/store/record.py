@@ -200,25 +200,35 @@ def build_rows(run_dir: Path, summary: dict) -> RunRows:
         rows.benchmarks.append({"run_id": run_id, "benchmark": name, "status": bench.get("status"),
                                 "error": bench.get("error"), "metric": primary, "value": accuracy,
                                 "n": sum(counts.get(t, 0) for t in primary_labels) or None})
-        folder = scores_dir(run_dir, name)
-        for task in sorted(primary_labels):
-            path = folder / f"{task}.jsonl"
-            if not path.is_file():
-                continue
-            for item in read_score_file(path):
-                values = item.get("metrics") or {}
-                rows.samples.append({
-                    "run_id": run_id, "benchmark": name, "task": task, "doc_id": str(item.get("doc_id")),
-                    "doc_hash": item.get("doc_hash"), "prompt_hash": item.get("prompt_hash"),
-                    "subject": labels.get(task, task), "target": item.get("target"),
-                    "prediction": item.get("prediction"), "correct": values.get(primary_labels[task]),
-                    "metrics": json_safe(values)})
-    endpoint = summary.get("endpoint")
-    rows.run = {
-        "run_id": run_id, "status": summary.get("status"), "exit_code": summary.get("exit_code"),
+        rows.samples.extend(_sample_rows(run_id, name, scores_dir(run_dir, name), primary_labels, labels))
+    rows.run = _run_row(run_dir, summary, versions, seed)
+    return rows
+
+
+def _sample_rows(run_id: str, name: str, folder: Path, primary_labels: dict[str, str], labels: dict) -> list[dict]:
+    """One row per scored question, from the benchmark's score files."""
+    samples = []
+    for task in sorted(primary_labels):
+        path = folder / f"{task}.jsonl"
+        if not path.is_file():
+            continue
+        for item in read_score_file(path):
+            values = item.get("metrics") or {}
+            samples.append({
+                "run_id": run_id, "benchmark": name, "task": task, "doc_id": str(item.get("doc_id")),
+                "doc_hash": item.get("doc_hash"), "prompt_hash": item.get("prompt_hash"),
+                "subject": labels.get(task, task), "target": item.get("target"),
+                "prediction": item.get("prediction"), "correct": values.get(primary_labels[task]),
+                "metrics": json_safe(values)})
+    return samples
+
+
+def _run_row(run_dir: Path, summary: dict, versions: dict, seed: dict | None) -> dict:
+    return {
+        "run_id": summary["run_id"], "status": summary.get("status"), "exit_code": summary.get("exit_code"),
         "error": summary.get("error"), "started_at": utc(summary.get("started_at")),
         "finished_at": utc(summary.get("finished_at")), "duration_s": summary.get("duration_s"),
-        "host": summary.get("host"), "endpoint": endpoint, "model": summary.get("model"),
+        "host": summary.get("host"), "endpoint": summary.get("endpoint"), "model": summary.get("model"),
         "backend": backend_name(summary),
         "config_path": (summary.get("config") or {}).get("path"),
         "config_sha256": (summary.get("config") or {}).get("sha256"), "config": _config_content(summary),
@@ -226,7 +236,6 @@ def build_rows(run_dir: Path, summary: dict) -> RunRows:
         "run_dir": str(run_dir.resolve()),
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    return rows
 
 
 def backend_name(summary: dict) -> str:
