@@ -455,7 +455,7 @@ def test_server_dying_mid_run_fails_the_benchmark_and_is_reaped(tmp_path):
     while time.monotonic() < deadline and "POST /v1/completions" not in (
             server_log.read_text(errors="replace") if server_log.exists() else ""):
         time.sleep(0.2)
-    servers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "llama_cpp.server"], capture_output=True,
+    servers = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "evalchemy.backends.llamacpp_serve"], capture_output=True,
                              text=True).stdout.split()
     assert len(servers) == 1
     os.kill(int(servers[0]), signal.SIGKILL)

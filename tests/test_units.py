@@ -211,3 +211,26 @@ def test_worker_protocol_round_trips_and_refuses_other_lines():
         Job.from_line(b"Traceback (most recent call last):")
     with pytest.raises(ProtocolError, match="^a Job is a JSON object, got list$"):
         Job.from_line("[]")
+
+
+def test_embedded_servers_top_logprob_sort_gives_the_full_sorts_first_entries():
+    """llama-cpp-python's ``sorted(zip(logprobs, range(n)), reverse=True)[:k]`` is answered from a partial selection:
+    the same first entries in the same order (ties broken by the larger token id, as the full sort does); any other
+    call is the built-in sort."""
+    import numpy as np
+
+    from evalchemy.backends.llamacpp_serve import MAX_TOP_LOGPROBS, top_sorted
+
+    rng = np.random.default_rng(7)
+    values = np.round(rng.normal(-10, 3, 49_152), 1).astype(np.float32)  # rounded: many ties
+    values[[5, 900, 40_000]] = values.max() + 1  # a three-way tie at the top
+    full = sorted(zip(values, range(len(values))), reverse=True)
+    fast = top_sorted(zip(values, range(len(values))), reverse=True)
+    assert len(fast) >= MAX_TOP_LOGPROBS
+    assert fast[:MAX_TOP_LOGPROBS] == full[:MAX_TOP_LOGPROBS]
+    assert [i for _, i in fast[:3]] == [40_000, 900, 5]
+    assert type(fast[0][0]) is type(full[0][0]) and type(fast[0][1]) is int
+    assert top_sorted([3, 1, 2]) == [1, 2, 3] and top_sorted([3, 1, 2], reverse=True) == [3, 2, 1]
+    started = zip(values, range(len(values)))
+    next(started)  # an iterated zip is not the pattern: the built-in sort
+    assert top_sorted(started, reverse=True) == full[:0] + sorted(zip(values[1:], range(1, len(values))), reverse=True)

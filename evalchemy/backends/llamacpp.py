@@ -155,7 +155,7 @@ class LocalServer:
 
     def argv(self, gguf: Path, port: int) -> list[str]:
         """The server's command line (the venv's Python, this model, 127.0.0.1 only)."""
-        argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL_ID,
+        argv = [sys.executable, "-m", "evalchemy.backends.llamacpp_serve", "--model", str(gguf), "--model_alias", MODEL_ID,
                 "--host", HOST, "--port", str(port), "--n_ctx", str(N_CTX), "--n_threads", str(N_THREADS),
                 "--n_threads_batch", str(N_THREADS)]
         if not self.broken_bos:
