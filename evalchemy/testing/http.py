@@ -7,6 +7,8 @@ import os
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
+
 from evalchemy.testing.behaviour import error_body, error_type
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -51,7 +53,7 @@ class Handler(BaseHTTPRequestHandler):
     def _send(self, code: int, body: dict | bytes) -> None:
         if code >= 400 and not self._body_read and (self.headers.get("Content-Length") or "0") != "0":
             self.close_connection = True  # the unread body must not be taken for the next request
-        data = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
+        data = body if isinstance(body, bytes) else orjson.dumps(body)  # compact UTF-8, as vLLM's FastAPI
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -91,8 +93,8 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(length))
         self._body_read = True
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
+            body = orjson.loads(raw)
+        except (ValueError, UnicodeDecodeError) as err:  # orjson.JSONDecodeError is a ValueError
             self._send(400, error_body(f"JSON decode error: {err}", "BadRequestError", 400))
             return None
         if not isinstance(body, dict):
