@@ -1,6 +1,31 @@
-"""The project's exceptions. Each carries the process exit code the CLI maps it to."""
+"""The project's exceptions. Each carries the process exit code the CLI maps it to.
+
+Messages speak of settings, not of command-line flags: ``setting("endpoint")`` marks a setting's name inside a
+message. ``str(err)`` shows it bare (``endpoint``); the CLI, the one place that knows the flags, shows it as
+``--endpoint`` (``cli_words``).
+"""
 
 from __future__ import annotations
+
+import re
+
+_MARK = "\u2063"  # invisible separator: never typed by a user, never left in a rendered message
+_SETTING = re.compile(f"{_MARK}([a-z0-9-]+){_MARK}")
+
+
+def setting(name: str) -> str:
+    """A setting's name, to be put in an error message (``name`` as the CLI spells its flag, without dashes)."""
+    return f"{_MARK}{name}{_MARK}"
+
+
+def plain_words(text: str) -> str:
+    """The message with each marked setting shown by its bare name."""
+    return _SETTING.sub(lambda m: m.group(1), text)
+
+
+def cli_words(text: str) -> str:
+    """The message with each marked setting shown as its command-line flag."""
+    return _SETTING.sub(lambda m: "--" + m.group(1), text)
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -14,9 +39,17 @@ EXIT_SIGTERM = 143
 
 
 class EvalchemyError(Exception):
-    """Base class: a problem the user can act on. ``str(err)`` is the whole message."""
+    """Base class: a problem the user can act on. ``str(err)`` is the whole message; ``message`` keeps the settings
+    marked, for a caller that re-words them."""
 
     exit_code = EXIT_INTERNAL
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return plain_words(self.message)
 
 
 class UsageError(EvalchemyError):
@@ -55,7 +88,7 @@ class PreflightFindings:
         try:
             return step(*args, **kwargs)
         except PreflightError as err:
-            self.problems.append(str(err))
+            self.problems.append(err.message)
             return None
 
     def raise_any(self) -> None:
@@ -76,6 +109,14 @@ class StoreError(EvalchemyError):
     """The results store cannot be opened or read, or lacks what was asked (a run id, a model)."""
 
     exit_code = EXIT_USAGE
+
+
+class NotInStore(StoreError):
+    """The store has no such run (``what`` "run") or no run of such a model (``what`` "model")."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 class Interrupted(EvalchemyError):

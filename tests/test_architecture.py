@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "evalchemy"
@@ -111,3 +112,32 @@ def test_oversized_finds_long_modules_and_functions(tmp_path):
 
 def test_no_module_over_400_lines_and_no_function_over_60():
     assert oversized(PACKAGE) == []
+
+
+CLI_FLAG = re.compile(r"--(endpoint|tokenizer|model|config|data-dir|online|output|run-id|gpu|store|broker|replace|"
+                      r"benchmark|include-path|max-length|request-timeout|concurrency|batch-size|proxy)\b(?![-_])")
+
+
+def flags_in_raised_messages(path: Path) -> list[str]:
+    """``file:line`` of every string literal inside a ``raise`` statement that spells one of the CLI's flags."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            for inner in ast.walk(node.exc):
+                if isinstance(inner, ast.Constant) and isinstance(inner.value, str) and CLI_FLAG.search(inner.value):
+                    found.append(f"{path.name}:{inner.lineno}")
+    return found
+
+
+def test_flag_finder_sees_flags_in_raised_f_strings(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('def f(x):\n    raise ValueError(f"{x}: pass --tokenizer a folder")\n'
+                      'def g():\n    raise ValueError("uses --model_args, which is lm-eval\'s")\n', encoding="utf-8")
+    assert flags_in_raised_messages(sample) == ["sample.py:2"]
+
+
+def test_library_errors_name_settings_not_flags():
+    """Outside cli/ (and the test server), errors mark the settings they speak of (errors.setting); only the CLI
+    spells them as flags."""
+    library = [p for p in PACKAGE.rglob("*.py") if not {"cli", "testing"} & set(p.relative_to(PACKAGE).parts)]
+    assert [hit for path in library for hit in flags_in_raised_messages(path)] == []

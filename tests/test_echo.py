@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from evalchemy.backends import echo_check as echo
-from evalchemy.errors import PreflightError
+from evalchemy.errors import PreflightError, cli_words
 from evalchemy.plan import LM_EVAL_MODEL, ModelSettings
 from evalchemy.testing.server import TestServer, build_test_tokenizer
 
@@ -84,7 +84,7 @@ def test_echo_that_does_not_line_up_is_a_preflight_error(tokenizer_dir):
         "(finish_reason 'length'); expected one per prompt token and one for the generated token: the "
         "log-probabilities are shifted by one token (a llama.cpp server that adds no BOS token: start it with "
         "--kv_overrides tokenizer.ggml.add_bos_token=bool:true); multiple-choice scores would be wrong")
-    assert str(fewer.value) == (
+    assert cli_words(fewer.value.message) == (
         f"echo check (a log-likelihood request): the server echoed {n - 1} log-probabilities for a prompt of {n} "
         "tokens (finish_reason 'length'); expected one per prompt token and one for the generated token: the "
         "tokenizer does not split the prompt as the server does (pass the model's own --tokenizer); "

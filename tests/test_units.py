@@ -234,3 +234,14 @@ def test_embedded_servers_top_logprob_sort_gives_the_full_sorts_first_entries():
     started = zip(values, range(len(values)))
     next(started)  # an iterated zip is not the pattern: the built-in sort
     assert top_sorted(started, reverse=True) == full[:0] + sorted(zip(values[1:], range(1, len(values))), reverse=True)
+
+
+def test_errors_show_settings_bare_and_the_cli_shows_its_flags():
+    """A library error marks the setting it speaks of: str() gives the bare name, the CLI its flag; the marker
+    itself never reaches either."""
+    from evalchemy.errors import UsageError, cli_words, setting
+
+    err = UsageError(f"{setting('request-timeout')} 0: must be at least 1 (raise {setting('request-timeout')})")
+    assert str(err) == "request-timeout 0: must be at least 1 (raise request-timeout)"
+    assert cli_words(err.message) == "--request-timeout 0: must be at least 1 (raise --request-timeout)"
+    assert cli_words("a message with no setting: --as it was") == "a message with no setting: --as it was"

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from evalchemy.errors import PreflightError
+from evalchemy.errors import PreflightError, setting
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def _generated(answer: dict, n_prompt: int, what: str) -> int:
         entries = len((choice.get("logprobs") or {}).get("token_logprobs") or [])
         hint = ("the log-probabilities are shifted by one token (a llama.cpp server that adds no BOS token: start "
                 "it with --kv_overrides tokenizer.ggml.add_bos_token=bool:true)" if entries == n_prompt else
-                "the tokenizer does not split the prompt as the server does (pass the model's own --tokenizer)")
+                f"the tokenizer does not split the prompt as the server does (pass the model's own "
+                f"{setting('tokenizer')})")
         raise PreflightError(f"echo check ({what}): {err}: {hint}; multiple-choice scores would be wrong") from None
     return len(choice["logprobs"]["token_logprobs"]) - n_prompt
 

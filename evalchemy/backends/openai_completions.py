@@ -14,7 +14,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from evalchemy import hfcache, proxy as proxy_mod
 from evalchemy.redaction import redact_url as _redact, strip_credentials  # noqa: F401 - re-exported
 from evalchemy.backends.base import Backend
-from evalchemy.errors import PreflightError, UsageError
+from evalchemy.errors import PreflightError, UsageError, setting
+
+_ENDPOINT = setting("endpoint")
+_TOKENIZER = setting("tokenizer")
+_MODEL = setting("model")
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +50,17 @@ def _parse(raw: str):
     bad = re.search(r"[\x00-\x20\x7f]", raw)
     if bad:
         found = "a space" if bad.group() == " " else f"the control character U+{ord(bad.group()):04X}"
-        raise UsageError(f"--endpoint {_redact(raw)!r}: {found} at character {bad.start() + 1}; a URL cannot "
+        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: {found} at character {bad.start() + 1}; a URL cannot "
                          "contain spaces or control characters: remove it (or write a space as %20)")
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 - urlsplit checks the port only when it is read
     except ValueError as err:
-        raise UsageError(f"--endpoint {_redact(raw)!r}: not a valid URL ({err}): expected an http(s) URL such as "
+        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: not a valid URL ({err}): expected an http(s) URL such as "
                          "http://gpu-box:8000/v1/completions") from None
     wide = re.search(r"[^\x00-\x7f]", parts.path)
     if wide:
-        raise UsageError(f"--endpoint {_redact(raw)!r}: the path has the character {wide.group()!r}, which cannot be "
+        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: the path has the character {wide.group()!r}, which cannot be "
                          f"sent as it is: write it percent-encoded ({quote(wide.group())})")
     return parts
 
@@ -67,24 +71,24 @@ def normalize(url: str) -> Endpoint:
     parts = _parse(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(
-            f"--endpoint {_redact(raw)!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
+            f"{_ENDPOINT} {_redact(raw)!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
             "(or 'local' for the embedded model)"
         )
     if "," in raw:
-        raise UsageError(f"--endpoint {_redact(raw)!r}: a URL with a comma cannot be passed to lm-eval")
+        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: a URL with a comma cannot be passed to lm-eval")
     names = [item.split("=", 1)[0] for item in re.split(r"[&;]", f"{parts.query}&{parts.fragment}") if item]
     if parts.username is not None or parts.password is not None or any(map(CREDENTIAL_PARAMETER.search, names)):
         raise UsageError(
-            f"--endpoint {_redact(raw)!r}: credentials in the URL are not supported (lm-eval sends its own "
+            f"{_ENDPOINT} {_redact(raw)!r}: credentials in the URL are not supported (lm-eval sends its own "
             "Authorization header): remove them and put the API key in OPENAI_API_KEY, sent as a Bearer token"
         )
     if parts.query or parts.fragment:
-        raise UsageError(f"--endpoint {_redact(raw)!r}: a URL with a query string ('?') or a fragment ('#') is not "
+        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: a URL with a query string ('?') or a fragment ('#') is not "
                          "supported (requests go to …/v1/completions without it): remove it")
     path = parts.path.rstrip("/")
     if path.endswith("/chat/completions"):
         raise UsageError(
-            f"--endpoint {raw!r}: this is a chat endpoint; evalchemy needs the completions endpoint "
+            f"{_ENDPOINT} {raw!r}: this is a chat endpoint; evalchemy needs the completions endpoint "
             "(…/v1/completions): chat endpoints return no prompt log-probabilities for multiple-choice tasks"
         )
     for suffix in ("/v1/completions", "/completions", "/v1/models", "/v1"):
@@ -146,7 +150,7 @@ def choose_model(models: list[dict], requested: str | None, endpoint: Endpoint) 
     if len(models) > 1:
         raise PreflightError(
             f"endpoint {endpoint.display_models_url} serves {len(models)} models: {', '.join(ids)}; "
-            "pass --model NAME to choose one"
+            f"pass {_MODEL} NAME to choose one"
         )
     return models[0]
 
@@ -192,14 +196,14 @@ def resolve_tokenizer(
             return TokenizerChoice("huggingface", str(path.resolve()), "--tokenizer")
         if path.exists():
             raise PreflightError(
-                f"--tokenizer {requested}: the folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
+                f"{_TOKENIZER} {requested}: the folder has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}); "
                 "point it at the model folder vLLM was started with"
             )
         if hf_cache_has(requested):
             return TokenizerChoice("huggingface", requested, "--tokenizer (Hugging Face cache)")
         raise PreflightError(
-            f"--tokenizer {requested}: not a folder on this disk and not in the local Hugging Face cache; "
-            "nothing is downloaded: copy the model's tokenizer files here and pass --tokenizer /path/to/folder"
+            f"{_TOKENIZER} {requested}: not a folder on this disk and not in the local Hugging Face cache; "
+            f"nothing is downloaded: copy the model's tokenizer files here and pass {_TOKENIZER} /path/to/folder"
         )
     candidates = []
     if model:
@@ -216,7 +220,7 @@ def resolve_tokenizer(
         reported = f" (the server reports root={candidates[0]!r}, which is not on this disk)" if candidates else ""
         raise PreflightError(
             "multiple-choice tasks need the model's tokenizer and none was found offline" + reported + ": "
-            "pass --tokenizer /path/to/model-folder (a folder with tokenizer.json), "
+            f"pass {_TOKENIZER} /path/to/model-folder (a folder with tokenizer.json), "
             "or start vLLM with --enable-tokenizer-info-endpoint"
         )
     return TokenizerChoice("none", None, "not needed: generation tasks only")

@@ -18,6 +18,7 @@ from evalchemy.errors import (
     ConfigError,
     EvalchemyError,
     UsageError,
+    cli_words,
 )
 
 logger = logging.getLogger("evalchemy")
@@ -121,11 +122,11 @@ class EvalchemyCommand(click.Command):
         try:
             return super().invoke(ctx)
         except ConfigError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {cli_words(err.message)}", err=True)
             click.echo("(exit code 2: config error; nothing was run)", err=True)
             ctx.exit(err.exit_code)
         except EvalchemyError as err:
-            click.echo(f"error: {redaction.scrub(str(err))}", err=True)
+            click.echo(f"error: {redaction.scrub(cli_words(err.message))}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

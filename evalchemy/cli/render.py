@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evalchemy.cli.common import _stderr_console
+from evalchemy.errors import cli_words
 
 
 
@@ -142,6 +143,9 @@ def print_scores(result) -> None:
 
 class TerminalEvents:
     """Progress on a terminal (rich); under cron the run log's INFO lines are the progress."""
+
+    def words(self, message: str) -> str:  # Events.words: a message's settings shown as this CLI's flags
+        return cli_words(message)
 
     def __init__(self) -> None:
         self.console = _stderr_console()

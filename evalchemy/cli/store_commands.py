@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evalchemy.cli.common import EvalchemyCommand, home, setup_console_logging
-from evalchemy.errors import EXIT_REGRESSION, UsageError
+from evalchemy.errors import EXIT_REGRESSION, NotInStore, UsageError
 
 COMMANDS = ("compare", "leaderboard", "history", "store")
 SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -98,8 +99,19 @@ def _load(value: str, default_url: str):
     from evalchemy.store.queries import load_run, reader
 
     url, run_id = _split_run(value, default_url)
-    with reader(url) as connection:
+    with reader(url) as connection, _hint_when_missing():
         return load_run(connection, run_id, url)
+
+
+@contextmanager
+def _hint_when_missing():
+    """A run or model the store lacks: the message says which command lists what it has."""
+    try:
+        yield
+    except NotInStore as err:
+        hint = {"run": "`evalchemy history --model M` lists run ids; `evalchemy store import DIR` records a run folder",
+                "model": "`evalchemy leaderboard --all-runs` lists the models it holds"}[err.what]
+        raise NotInStore(f"{err.message}: {hint}", err.what) from None
 
 
 def _verdict(row) -> str:
@@ -300,7 +312,7 @@ def history(model, benchmark, as_json, store, output_dir):
     from evalchemy.store.queries import history as query, reader
 
     url = _url(store, output_dir)
-    with reader(url) as connection:
+    with reader(url) as connection, _hint_when_missing():
         rows = query(connection, model, benchmark)
     if as_json:
         click.echo(json.dumps({"model": model, "rows": [asdict(r) for r in rows]}, indent=2, ensure_ascii=False))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from evalchemy.errors import ConfigError
+from evalchemy.errors import ConfigError, setting
 from evalchemy.config.jsonfile import parse_json
 from evalchemy.config.names import benchmark_name_problem
 
@@ -281,7 +281,8 @@ def load_config(path: Path, index=None) -> Config:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(str(path), ["file not found: pass --config with the path of your eval_config.json"]) from None
+        found = f"file not found: pass {setting('config')} with the path of your eval_config.json"
+        raise ConfigError(str(path), [found]) from None
     except OSError as err:
         raise ConfigError(str(path), [f"cannot read the file: {err.strerror}"]) from None
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from evalchemy import hfcache
 from evalchemy.engines.lm_eval.taskyaml import FILE_BUILDERS, task_dataset
+from evalchemy.errors import setting
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def check_plan_data(plan, index, home: Path, online: bool, config_path: Path | N
                      f"ARCHIVE{data_dir} (made there with scripts/export_data.sh{config} --output ARCHIVE)")
     if missing_hub:
         parts.append("lm-eval's hub datasets can also come from a copy of the Hugging Face datasets cache, or pass "
-                     "--online to let lm-eval download them")
+                     f"{setting('online')} to let lm-eval download them")
     if missing_files:
         parts.append("the data files a task YAML names must be on this machine: copy them there")
     if parts:

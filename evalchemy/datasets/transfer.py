@@ -27,7 +27,7 @@ from evalchemy import __version__, atomic
 from evalchemy.datasets import hub as hubdata, local as localdata
 from evalchemy.datasets.fetch import fetch_hub_copy, fetch_source
 from evalchemy.config.model import Config, TaskEntry
-from evalchemy.errors import UsageError
+from evalchemy.errors import UsageError, setting
 from evalchemy.datasets.local import DataError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def entries_to_export(config: Config, benchmarks: tuple[str, ...] = ()) -> list[
     disabled). A benchmark's name with no entry is an lm-eval task run with defaults."""
     unknown = [b for b in benchmarks if b not in config.benchmarks]
     if unknown:
-        raise UsageError(f"--benchmark {unknown[0]}: not a benchmark of {config.path} (it has: "
+        raise UsageError(f"{setting('benchmark')} {unknown[0]}: not a benchmark of {config.path} (it has: "
                          f"{', '.join(config.benchmarks)})")
     chosen = [config.benchmarks[b] for b in benchmarks] if benchmarks else \
         [b for b in config.benchmarks.values() if b.enabled]
@@ -327,7 +327,7 @@ def import_archive(archive: Path, data_dir: Path, replace: bool = False) -> Tran
         if conflicts:
             raise UsageError(f"{archive}: {len(conflicts)} file{'s' if len(conflicts) > 1 else ''} in {data_dir} "
                              f"already hold{'s' if len(conflicts) == 1 else ''} different data (first: "
-                             f"{conflicts[0]}); pass --replace to overwrite them. Nothing was imported")
+                             f"{conflicts[0]}); pass {setting('replace')} to overwrite them. Nothing was imported")
         _apply(moves, staging)
         changed = {str(t.relative_to(data_dir)) for _, t in moves}
         for item in datasets:

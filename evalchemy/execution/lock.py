@@ -8,7 +8,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from evalchemy.errors import LockHeldError
+from evalchemy.errors import LockHeldError, setting
 
 LOCK_NAME = ".evalchemy.execution.lock"
 
@@ -32,7 +32,7 @@ class RunLock:
             raise LockHeldError(
                 f"another run holds the lock on {self.path.parent}: pid {holder.get('pid', '?')}, "
                 f"run id {holder.get('run_id', '?')}, started {holder.get('started_at', '?')}; "
-                "wait for it to finish, or use another --output"
+                f"wait for it to finish, or use another {setting('output')}"
             ) from None
         os.ftruncate(fd, 0)
         info = {"pid": os.getpid(), "run_id": self.run_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evalchemy.errors import plain_words
 from evalchemy.execution.pool import RunOutcome
 from evalchemy.plan import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT_S, BenchmarkPlan
 from evalchemy.results.summary import BenchmarkRecord
@@ -49,6 +50,11 @@ class RunResult:
 
 class Events:
     """Progress callbacks; the CLI subclasses this to draw progress. The default does nothing."""
+
+    def words(self, message: str) -> str:
+        """A message with its settings named the caller's way (bare names here; the CLI shows its flags): used for
+        the preflight error the log and the summary keep."""
+        return plain_words(message)
 
     def preflight_done(self, model: str, tokenizer) -> None: ...  # tokenizer: a TokenizerChoice
 

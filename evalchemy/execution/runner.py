@@ -100,8 +100,8 @@ def _preflight(run: _Run, config: Config, plan: Plan, api_key: str | None, index
             findings.raise_any()
         events.preflight_done(run.pre.model, run.pre.tokenizer)
     except PreflightError as err:
-        run.pre, run.preflight_error = None, str(err)
-        logger.error("preflight failed, nothing was run: %s", err)
+        run.pre, run.preflight_error = None, events.words(err.message)
+        logger.error("preflight failed, nothing was run: %s", run.preflight_error)
 
 
 def _run_benchmarks(run: _Run, config: Config, plan: Plan, api_key: str | None, events: Events) -> None:

@@ -20,8 +20,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from evalchemy.errors import EXIT_BENCHMARKS_FAILED, EvalchemyError, PreflightError, UsageError
+from evalchemy.errors import EXIT_BENCHMARKS_FAILED, EvalchemyError, PreflightError, UsageError, setting
 from evalchemy.results.summary import write_json_atomic
+
+_OUTPUT = setting("output")
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +85,11 @@ def check_output_dir(output: Path, run_id: str) -> None:
     is a file or not writable; PreflightError when its filesystem has no room left for them."""
     for path in (output, output / run_id):
         if os.path.lexists(path) and not path.is_dir():
-            raise UsageError(f"--output {output}: {path} is a file, not a folder; pass --output a folder "
+            raise UsageError(f"{_OUTPUT} {output}: {path} is a file, not a folder; pass {_OUTPUT} a folder "
                              "(it is created if missing)")
     existing = _existing(output / run_id)
     if not existing.is_dir():
-        raise UsageError(f"--output {output}: {existing} is a file, not a folder; pass --output a folder "
+        raise UsageError(f"{_OUTPUT} {output}: {existing} is a file, not a folder; pass {_OUTPUT} a folder "
                          "(it is created if missing)")
     try:
         probe = Path(tempfile.mkdtemp(prefix=".evalchemy-write-check-", dir=existing))
@@ -98,7 +100,7 @@ def check_output_dir(output: Path, run_id: str) -> None:
     except OSError as err:
         if is_disk_full(err):
             raise no_room_to_start(output) from None
-        raise UsageError(f"--output {output}: cannot create files in {existing} ({err.strerror}); pass --output a "
+        raise UsageError(f"{_OUTPUT} {output}: cannot create files in {existing} ({err.strerror}); pass {_OUTPUT} a "
                          "folder you can write to, or make this one writable") from None
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from evalchemy.errors import PreflightError, UsageError
+from evalchemy.errors import PreflightError, UsageError, setting
 from evalchemy.redaction import redact_url
 
 BROKER_ENV = "EVALCHEMY_BROKER"
@@ -20,9 +20,9 @@ DEFAULT_VISIBILITY_S = 300
 def broker_url(value: str | None) -> str:
     chosen = value or os.environ.get(BROKER_ENV)
     if not chosen:
-        raise UsageError("no broker: pass --broker redis://HOST:6379/0 or set EVALCHEMY_BROKER")
+        raise UsageError(f"no broker: pass {setting('broker')} redis://HOST:6379/0 or set EVALCHEMY_BROKER")
     if not chosen.startswith(("redis://", "rediss://")):
-        raise UsageError(f"--broker {display(chosen)}: not a Redis URL; use redis://HOST:6379/0")
+        raise UsageError(f"{setting('broker')} {display(chosen)}: not a Redis URL; use redis://HOST:6379/0")
     return chosen
 
 
@@ -63,7 +63,8 @@ def check_reachable(app, url: str) -> None:
             connection.ensure_connection(max_retries=1, timeout=5)
     except Exception as err:  # noqa: BLE001 - kombu raises the transport's own errors
         raise PreflightError(f"broker {display(url)} cannot be reached ({type(err).__name__}: {err}): start "
-                             "redis-server there or fix --broker / EVALCHEMY_BROKER; nothing was queued") from None
+                             f"redis-server there or fix {setting('broker')} / EVALCHEMY_BROKER; nothing was "
+                             "queued") from None
 
 
 def publish(app, url: str, payload: dict, queue: str) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 
-from evalchemy.errors import StoreError
+from evalchemy.errors import StoreError, setting
 from evalchemy.store import db, record
 from evalchemy.store.schema import queue_runs as table
 
@@ -75,7 +75,7 @@ class Store:
             existing = connection.execute(sa.select(table.c.state).where(table.c.run_id == run_id)).first()
             if existing is not None:
                 raise StoreError(f"run id {run_id} was already submitted (state {existing.state}): pick another "
-                                 "--run-id, or leave it out for a new one")
+                                 f"{setting('run-id')}, or leave it out for a new one")
             connection.execute(sa.insert(table).values(run_id=run_id, queue=queue, state=PENDING,
                                                        submitted_at=now_iso()))
         self._do(work)

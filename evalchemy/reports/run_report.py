@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalchemy.errors import UsageError
+from evalchemy.errors import UsageError, setting
 from evalchemy.reports.charts import Bar, BarChart, Reliability
 from evalchemy.reports.render import CSP, pct, render, write_text_atomic
 from evalchemy.results.stats import stats_from_summary_entry
@@ -35,7 +35,8 @@ class ReportFiles:
 def find_summary(run_dir: Path) -> Path:
     """The summary in a run folder; UsageError naming the folder when there is none."""
     if not run_dir.is_dir():
-        raise UsageError(f"{run_dir}: no such run folder (pass a run id under --output, or the folder itself)")
+        raise UsageError(f"{run_dir}: no such run folder (pass a run id under {setting('output')}, or the folder "
+                         "itself)")
     found = sorted(run_dir.glob("evalchemy_summary_*.json"))
     if not found:
         raise UsageError(f"{run_dir}: no evalchemy_summary_*.json in this folder; was the run started there?")

@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from evalchemy.errors import StoreError
+from evalchemy.errors import StoreError, setting
 from evalchemy.redaction import redact_url
 
 STORE_ENV = "EVALCHEMY_STORE"
@@ -33,7 +33,8 @@ def resolve_url(value: str | None, output_dir: Path) -> str:
     try:
         make_url(chosen).get_dialect()
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as err:
-        raise StoreError(f"--store {display(chosen)}: not a store URL this evalchemy can open ({err}); use a file "
+        raise StoreError(f"{setting('store')} {display(chosen)}: not a store URL this evalchemy can open ({err}); "
+                         "use a file "
                          "path, sqlite:///FILE or postgresql://USER@HOST:PORT/DB") from None
     return chosen
 
@@ -61,7 +62,7 @@ def open_engine(url: str, readonly: bool = False) -> Engine:
     try:
         parsed = make_url(url)
     except sa.exc.ArgumentError as err:
-        raise StoreError(f"--store {url!r}: not a database URL ({err}); use a file path, sqlite:///FILE or "
+        raise StoreError(f"{setting('store')} {url!r}: not a database URL ({err}); use a file path, sqlite:///FILE or "
                          "postgresql://USER@HOST:PORT/DB") from None
     path = sqlite_path(url)
     try:
@@ -85,7 +86,7 @@ def open_engine(url: str, readonly: bool = False) -> Engine:
             return engine
         return sa.create_engine(parsed)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as err:
-        raise StoreError(f"--store {display(url)}: {err}") from None
+        raise StoreError(f"{setting('store')} {display(url)}: {err}") from None
 
 
 def current_revision(connection: sa.Connection) -> str | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from evalchemy.errors import StoreError
+from evalchemy.errors import NotInStore
 from evalchemy.store import db, schema
 
 
@@ -54,8 +54,7 @@ def load_run(connection: sa.Connection, run_id: str, url: str) -> RunData:
     run = connection.execute(sa.select(schema.runs.c.run_id, schema.runs.c.model, schema.runs.c.status,
                                        schema.runs.c.finished_at).where(schema.runs.c.run_id == run_id)).first()
     if run is None:
-        raise StoreError(f"run {run_id!r} is not in the store {db.display(url)}: `evalchemy history --model M` "
-                         "lists run ids; `evalchemy store import DIR` records a run folder")
+        raise NotInStore(f"run {run_id!r} is not in the store {db.display(url)}", "run")
     return RunData(run_id=run.run_id, model=run.model, status=run.status, finished_at=run.finished_at,
                    benchmarks={r["benchmark"]: r for r in _rows(connection, schema.benchmarks, run_id)},
                    scores=_rows(connection, schema.scores, run_id),
@@ -145,8 +144,7 @@ def history(connection: sa.Connection, model: str, benchmark: str | None = None)
         sa.select(schema.runs.c.run_id, schema.runs.c.status, schema.runs.c.finished_at)
         .where(schema.runs.c.model == model).order_by(schema.runs.c.finished_at, schema.runs.c.run_id)))
     if not runs:
-        raise StoreError(f"no run of model {model!r} in the store: `evalchemy leaderboard --all-runs` lists the "
-                         "models it holds")
+        raise NotInStore(f"no run of model {model!r} in the store", "model")
     rows = []
     for run in runs:
         benches = [b for b in _rows(connection, schema.benchmarks, run.run_id)
