@@ -45,6 +45,7 @@ class ModelSettings:
     single_stream: bool = False  # the server takes one request at a time (the embedded model): no task overrides it
     lm_eval_model: str = LM_EVAL_MODEL  # echo.ECHO_MODEL when the server's echo omits end-of-text (echo.check)
     client: str = "evalchemy"  # "evalchemy": the lean client (not for the embedded model); "lm-eval": the stock one
+    chat: bool = False  # chat messages: lm-eval applies the chat template (apply_chat_template)
 
     @property
     def worker_model(self) -> str:
@@ -134,8 +135,9 @@ def _entry_run(bench: str, entry: TaskEntry, batch_override: int | None, concurr
 
         data_path = localdata.resolve(local_tasks.data_dir, entry.dataset.path)
         folder = str(task_files.write_task_file(local_tasks.cache_dir, entry.name, data_path, entry.dataset.subset,
-                                               entry.dataset.answers, write=local_tasks.write_files))
-        include_paths, folders, needs_ll = (folder,), [folder], True
+                                               entry.dataset.answers, write=local_tasks.write_files,
+                                               mode=entry.dataset.mode))
+        include_paths, folders, needs_ll = (folder,), [folder], entry.dataset.mode == "multiple_choice"
     for name in entry.tasks if entry.dataset is None else ():
         if index is not None:
             for folder in index.folders(name):
@@ -282,6 +284,8 @@ def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str, use_cache
         argv += ["--num_fewshot", str(run.num_fewshot)]
     if run.limit is not None:
         argv += ["--limit", str(run.limit)]
+    if model.chat:
+        argv.append("--apply_chat_template")
     argv += ["--output_path", output_path]
     if use_cache:
         argv += ["--use_cache", use_cache]
@@ -319,4 +323,5 @@ def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings, use_cache: str | 
         "batch_size": run.batch_size,
         "limit": run.limit,
         "log_samples": run.log_samples,
+        **({"apply_chat_template": True} if model.chat else {}),
     }

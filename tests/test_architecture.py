@@ -115,7 +115,7 @@ def test_no_module_over_400_lines_and_no_function_over_60():
 
 
 CLI_FLAG = re.compile(r"--(endpoint|tokenizer|model|config|data-dir|online|output|run-id|gpu|store|broker|replace|"
-                      r"benchmark|include-path|max-length|request-timeout|concurrency|batch-size|proxy)\b(?![-_])")
+                      r"benchmark|include-path|max-length|request-timeout|concurrency|batch-size|proxy|backend)\b(?![-_])")
 
 
 def flags_in_raised_messages(path: Path) -> list[str]:

@@ -118,7 +118,7 @@ def test_invalid_config_writes_nothing(invoke, write_config, tmp_path):
     result = invoke("--endpoint", "http://127.0.0.1:9/v1", "--config", str(path), "--output", str(out),
                     "--run-id", "r1")
     assert result.exit_code == 2
-    assert "(top level): unknown key 'extra'; allowed keys: $schema, benchmarks, tasks" in result.stderr
+    assert "(top level): unknown key 'extra'; allowed keys: $schema, benchmarks, model, tasks" in result.stderr
     assert not out.exists()
 
 

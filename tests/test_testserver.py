@@ -236,7 +236,8 @@ def test_request_errors_look_like_vllm(tokenizer_dir, tok):
         assert call(url, ll_request([]))[0] == 400
         status, body = call(url, raw=b"{not json")
         assert status == 400 and body["object"] == "error"
-        assert call(f"{srv.base_url}/v1/chat/completions", {}) == (404, {"detail": "Not Found"})
+        status, body = call(f"{srv.base_url}/v1/chat/completions", {})  # vLLM serves chat too; no messages: 400
+        assert status == 400 and body["object"] == "error" and body["type"] == "BadRequestError"
         assert call(f"{srv.base_url}/v1", {}) == (404, {"detail": "Not Found"})
         assert call(url) == (405, {"detail": "Method Not Allowed"})
         assert call(f"{srv.base_url}/health") == (200, b"")

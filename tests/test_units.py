@@ -151,9 +151,9 @@ def test_proxy_store_and_broker_urls_are_shown_by_the_one_redactor():
     assert proxy.display is db.display is broker.display is redaction.redact_url
 
 
-def test_both_backends_are_registered_and_picked_by_endpoint():
-    """'local' is the embedded model; any URL (or none yet) is a vLLM server."""
-    assert sorted(BACKENDS) == ["local", "vllm-server"]
+def test_backends_are_registered_and_picked_by_endpoint_or_name():
+    """'local' is the embedded model; any URL (or none yet) is a vLLM server; the others only by name."""
+    assert sorted(BACKENDS) == ["chat", "local", "openai-completions", "vllm-server"]
     local = backend_for("local")
     assert isinstance(local, LlamaCppBackend)
     assert (local.one_request_at_a_time, local.string_prompts, local.runs_here) == (True, True, True)
@@ -165,6 +165,14 @@ def test_both_backends_are_registered_and_picked_by_endpoint():
         assert (server.one_request_at_a_time, server.string_prompts, server.default_max_length) == (False, False, None)
         assert server.default_tokenizer() is None
     assert backend_for("http://h/v1/completions").endpoint_id("http://h/v1/completions") == "http://h/v1/completions"
+    chat = backend_for("http://h:1234", "chat")
+    assert (chat.name, chat.loglikelihood, chat.chat, chat.one_prompt_per_request) == ("chat", False, True, True)
+    assert chat.normalize("http://h:1234/v1").completions_url == "http://h:1234/v1/chat/completions"
+    assert chat.normalize("http://h:1234/v1/chat/completions").models_url == "http://h:1234/v1/models"
+    openai = backend_for(None, "openai-completions")
+    assert (openai.requires_key, openai.default_endpoint) == (True, "https://api.openai.com/v1/completions")
+    with pytest.raises(LookupError):
+        backend_for("http://h", "tgi")
 
 
 def test_run_exit_code_is_one_map():

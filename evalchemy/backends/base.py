@@ -16,8 +16,15 @@ class Backend:
     name: ClassVar[str]  # the registry's key, e.g. "vllm-server"
     description: ClassVar[str]
     one_request_at_a_time: ClassVar[bool] = False  # one request in flight, one prompt per request; no task overrides
+    one_prompt_per_request: ClassVar[bool] = False  # requests in flight as configured, one prompt each
+    loglikelihood: ClassVar[bool] = True  # scores log-likelihood (multiple-choice) tasks: prompt log-probabilities
+    chat: ClassVar[bool] = False  # sends chat messages; the server applies the model's chat template
+    requires_key: ClassVar[bool] = False  # an API service: the key must be in the environment
+    default_endpoint: ClassVar[str | None] = None  # where it sends requests when no endpoint is given
+    preflight_kind: ClassVar[str] = "completions"  # which preflight checks it (execution/preflight.py)
     string_prompts: ClassVar[bool] = False  # takes text prompts only, never lists of token ids
     runs_here: ClassVar[bool] = False  # started on this machine by the run (no proxy applies)
+    endpoint_name: ClassVar[str | None] = None  # the endpoint value that stands for it (``local``), if it runs here
     default_max_length: ClassVar[int | None] = None  # when the server reports no max_model_len
     model_id: ClassVar[str | None] = None  # the model it serves, when it is known before it starts
     lm_eval_model: ClassVar[str | None] = None  # lm-eval model name it needs, when not picked by the echo check
@@ -29,8 +36,15 @@ class Backend:
 
     @classmethod
     def serves(cls, endpoint: str | None) -> bool:
-        """Whether ``--endpoint``'s value names this backend."""
-        raise NotImplementedError
+        """Whether an endpoint value alone picks this backend (``local``; any URL: vllm-server); the others are
+        chosen by name."""
+        return False
+
+    def normalize(self, url: str):
+        """The checked URLs of an endpoint of this backend (an ``Endpoint``); UsageError when malformed."""
+        from evalchemy.backends.endpoint import normalize
+
+        return normalize(url)
 
     def planned_tokenizer(self) -> str | None:
         """The tokenizer it brings, as a path shown without writing anything (dry run); None: none of its own."""

@@ -270,6 +270,7 @@ class LlamaCppBackend(Backend):
     one_request_at_a_time = True
     string_prompts = not TOKENIZED_REQUESTS
     runs_here = True
+    endpoint_name = LOCAL_ENDPOINT
     default_max_length = MAX_LENGTH
     model_id = MODEL_ID
     lm_eval_model = LM_EVAL_MODEL

@@ -1,22 +1,20 @@
-"""The vLLM OpenAI-compatible endpoint: URL normalization, model discovery, tokenizer resolution (offline)."""
+"""The vLLM OpenAI-compatible endpoint: model discovery, tokenizer resolution (offline); URLs in ``endpoint.py``."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from evalchemy import hfcache, proxy as proxy_mod
 from evalchemy.redaction import redact_url as _redact, strip_credentials  # noqa: F401 - re-exported
 from evalchemy.backends.base import Backend
-from evalchemy.errors import PreflightError, UsageError, setting
+from evalchemy.backends.endpoint import Endpoint, normalize  # noqa: F401 - re-exported
+from evalchemy.errors import PreflightError, setting
 
-_ENDPOINT = setting("endpoint")
 _TOKENIZER = setting("tokenizer")
 _MODEL = setting("model")
 
@@ -24,85 +22,6 @@ logger = logging.getLogger(__name__)
 
 PREFLIGHT_TIMEOUT_S = 5.0
 TOKENIZER_FILES = hfcache.TOKENIZER_FILES
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where to send requests. ``completions_url`` may carry credentials; ``display`` never does."""
-
-    completions_url: str
-    models_url: str
-    server_base: str
-    display: str
-    proxy: str | None = field(default=None, repr=False)  # the route: through this HTTP proxy, or direct (None)
-
-    @property
-    def display_models_url(self) -> str:
-        return _redact(self.models_url)
-
-
-# A query parameter whose name says it carries a secret: refused like user:password, and never echoed.
-CREDENTIAL_PARAMETER = re.compile(r"key|token|secret|passw|auth|sig|credential", re.IGNORECASE)
-
-
-def _parse(raw: str):
-    """urlsplit, with the URL's malformations as usage errors naming the value and the problem."""
-    bad = re.search(r"[\x00-\x20\x7f]", raw)
-    if bad:
-        found = "a space" if bad.group() == " " else f"the control character U+{ord(bad.group()):04X}"
-        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: {found} at character {bad.start() + 1}; a URL cannot "
-                         "contain spaces or control characters: remove it (or write a space as %20)")
-    try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
-    except ValueError as err:
-        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: not a valid URL ({err}): expected an http(s) URL such as "
-                         "http://gpu-box:8000/v1/completions") from None
-    wide = re.search(r"[^\x00-\x7f]", parts.path)
-    if wide:
-        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: the path has the character {wide.group()!r}, which cannot be "
-                         f"sent as it is: write it percent-encoded ({quote(wide.group())})")
-    return parts
-
-
-def normalize(url: str) -> Endpoint:
-    """Accept ``http://h:8000``, ``http://h:8000/v1``, ``http://h/prefix/v1/completions`` and return the URLs."""
-    raw = url.strip()
-    parts = _parse(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(
-            f"{_ENDPOINT} {_redact(raw)!r}: expected an http(s) URL such as http://gpu-box:8000/v1/completions "
-            "(or 'local' for the embedded model)"
-        )
-    if "," in raw:
-        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: a URL with a comma cannot be passed to lm-eval")
-    names = [item.split("=", 1)[0] for item in re.split(r"[&;]", f"{parts.query}&{parts.fragment}") if item]
-    if parts.username is not None or parts.password is not None or any(map(CREDENTIAL_PARAMETER.search, names)):
-        raise UsageError(
-            f"{_ENDPOINT} {_redact(raw)!r}: credentials in the URL are not supported (lm-eval sends its own "
-            "Authorization header): remove them and put the API key in OPENAI_API_KEY, sent as a Bearer token"
-        )
-    if parts.query or parts.fragment:
-        raise UsageError(f"{_ENDPOINT} {_redact(raw)!r}: a URL with a query string ('?') or a fragment ('#') is not "
-                         "supported (requests go to …/v1/completions without it): remove it")
-    path = parts.path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        raise UsageError(
-            f"{_ENDPOINT} {raw!r}: this is a chat endpoint; evalchemy needs the completions endpoint "
-            "(…/v1/completions): chat endpoints return no prompt log-probabilities for multiple-choice tasks"
-        )
-    for suffix in ("/v1/completions", "/completions", "/v1/models", "/v1"):
-        if path.endswith(suffix):
-            path = path[: -len(suffix)]
-            break
-    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-    completions = f"{base}/v1/completions"
-    return Endpoint(
-        completions_url=completions,
-        models_url=f"{base}/v1/models",
-        server_base=base,
-        display=_redact(completions),
-    )
 
 
 def _get_json(url: str, api_key: str | None, timeout: float, proxy: str | None = None) -> object:
@@ -235,3 +154,17 @@ class VllmServerBackend(Backend):
     @classmethod
     def serves(cls, endpoint: str | None) -> bool:
         return True
+
+
+class OpenAICompletionsBackend(VllmServerBackend):
+    """The OpenAI API's completions route (or any service that wants its key): the endpoint defaults to OpenAI's,
+    the key must be in the environment before anything is sent."""
+
+    name = "openai-completions"
+    description = "the OpenAI API's completions route (key from the environment)"
+    requires_key = True
+    default_endpoint = "https://api.openai.com/v1/completions"
+
+    @classmethod
+    def serves(cls, endpoint: str | None) -> bool:
+        return False

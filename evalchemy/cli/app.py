@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -23,7 +24,7 @@ from evalchemy.cli.common import (  # noqa: F401 - _load is part of the commands
 )
 from evalchemy.cli.render import TerminalEvents, dry_run_settings, print_benchmarks, print_dry_run, print_scores
 from evalchemy.cli.transfer_commands import export_data, export_main, import_data, import_main  # noqa: F401
-from evalchemy.errors import EvalchemyError, UsageError
+from evalchemy.errors import ConfigError, EvalchemyError, UsageError, cli_words
 
 logger = logging.getLogger("evalchemy")
 
@@ -34,6 +35,12 @@ logger = logging.getLogger("evalchemy")
               help="vLLM OpenAI-compatible server: http://host:8000, http://host:8000/v1 or "
                    "http://host/prefix/v1/completions; 'local' starts the embedded SmolLM2 model on 127.0.0.1. "
                    "Repeated: servers of the same model, benchmarks run in parallel, one per server at a time.")
+@click.option("--backend", "backend_name", metavar="NAME",
+              help="How the model is reached: vllm-server (an OpenAI-compatible completions server at --endpoint), "
+                   "local (the embedded model, as --endpoint local), openai-completions (the OpenAI API; the key "
+                   "from OPENAI_API_KEY), chat (an OpenAI-compatible chat completions server: LM Studio, Ollama, "
+                   "vLLM's chat route; generation tasks only). Default: the config's model.backend, else "
+                   "vllm-server, or local with --endpoint local.")
 @click.option("--model", metavar="NAME", help="Served model name. Default: the one model GET /v1/models lists.")
 @click.option("--tokenizer", metavar="PATH",
               help="Local tokenizer folder (or a model id in the local Hugging Face cache). Default: the model "
@@ -94,7 +101,7 @@ logger = logging.getLogger("evalchemy")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
         request_timeout, include_paths, data_dir, api_key_env, notify_url, store, max_failed_requests, online, fresh, write_report, list_benchmarks,
-        validate_config, dry_run, log_level, proxy_url=None, client="evalchemy"):
+        validate_config, dry_run, log_level, proxy_url=None, client="evalchemy", backend_name=None):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -118,15 +125,18 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key, notify_secrets = _secrets(api_key_env, notify_url)
     includes = _include_paths(include_paths)
-    backend, endpoint_urls, proxy_url, batch_size = _check_endpoints(endpoint, more_endpoints, proxy_url,
-                                                                     batch_size)
-
     cfg, index = _load(config_file, includes)
+    chosen = cfg.model  # the config's model section; flags override it
+    endpoint, model, tokenizer = endpoint or chosen.endpoint, model or chosen.name, tokenizer or chosen.tokenizer
+    backend, endpoint, endpoint_urls, proxy_url, batch_size = _check_endpoints(
+        endpoint, more_endpoints, proxy_url, batch_size, backend_name or chosen.backend)
     local_tasks = plan_mod.LocalTasks(data_dir=resolve_data_dir(data_dir), home=home(),
                                       write_files=not (validate_config or list_benchmarks))
     plan = plan_mod.build_plan(cfg, local_tasks, index, batch_size=batch_size, include_paths=includes,
                                concurrency=concurrency)
 
+    if validate_config or dry_run:  # a run finds the same at its preflight (exit 3, with a summary)
+        _check_tasks(plan, backend, config_file)
     if validate_config or list_benchmarks:
         _show_config(cfg, plan, config_file, validate_config)
         return
@@ -140,9 +150,12 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         print_dry_run(plan, settings, output / run_id, sys.stdout)
         return
 
+    if backend.requires_key and api_key is None:
+        raise UsageError(f"--backend {backend.name} needs its API key: set {api_key_env} in the environment")
     opts = _run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
                         request_timeout, log_level, max_failed_requests, online, proxy_url, store, more_endpoints,
                         client)
+    opts = replace(opts, backend=backend.name)
     _start_run(opts, cfg, plan, index, api_key, notify_secrets, notify_url, fresh, write_report)
 
 
@@ -186,19 +199,47 @@ def _secrets(api_key_env: str, notify_url: str | None) -> tuple[str | None, tupl
     return api_key, notify_secrets
 
 
-def _check_endpoints(endpoint, more_endpoints, proxy_url, batch_size):
-    """The backend of ``--endpoint``, its normalized URLs, the checked ``--proxy`` and the batch size it allows; a
-    malformed URL is a usage error, checked first."""
-    from evalchemy.backends.openai_completions import normalize
+def _backend(endpoint: str | None, name: str | None):
+    """The backend named (or, unnamed, the one ``endpoint`` picks) and the endpoint it uses."""
+    from evalchemy.backends.registry import BACKENDS, backend_for
+
+    try:
+        backend = backend_for(endpoint, name)
+    except LookupError:
+        raise UsageError(f"--backend {name}: no such backend; choose one of: {', '.join(BACKENDS)}") from None
+    if backend.runs_here and endpoint not in (None, backend.endpoint_name):
+        raise UsageError(f"--backend {backend.name} runs {backend.description} on this machine: drop --endpoint")
+    if not backend.runs_here and endpoint == "local":
+        raise UsageError(f"--endpoint local is the embedded model, not a {backend.name} endpoint: pass a URL, or "
+                         "--backend local")
+    if backend.runs_here:
+        endpoint = backend.endpoint_name
+    return backend, endpoint or backend.default_endpoint
+
+
+def _check_tasks(plan, backend, config_file: Path) -> None:
+    """Every enabled task can run on this backend: checked without a server (exit 2, a config that cannot run)."""
+    if backend.loglikelihood:
+        return
+    from evalchemy.execution.preflight import task_problems
+
+    problems = task_problems(plan, backend)
+    if problems:
+        raise ConfigError(str(config_file), [cli_words("\n  ".join(problems))])
+
+
+def _check_endpoints(endpoint, more_endpoints, proxy_url, batch_size, backend_name=None):
+    """The backend (named, or picked by ``--endpoint``), its endpoint and normalized URLs, the checked ``--proxy``
+    and the batch size it allows; a malformed URL is a usage error, checked first."""
     from evalchemy.backends.registry import backend_for
 
-    backend = backend_for(endpoint)
+    backend, endpoint = _backend(endpoint, backend_name)
     # a malformed URL is a usage error, checked first
-    endpoint_urls = normalize(endpoint) if endpoint and not backend.runs_here else None
+    endpoint_urls = backend.normalize(endpoint) if endpoint and not backend.runs_here else None
     for extra in more_endpoints:
         if backend.runs_here or backend_for(extra).runs_here:
             raise UsageError("--endpoint local cannot be combined with other endpoints: give only remote servers")
-        normalize(extra)
+        backend.normalize(extra)
     if proxy_url is not None:
         from evalchemy.proxy import check
 
@@ -209,12 +250,12 @@ def _check_endpoints(endpoint, more_endpoints, proxy_url, batch_size):
             proxy_url = check(proxy_url)
         except ValueError as err:
             raise UsageError(f"--proxy {proxy_url.rsplit('@', 1)[-1]!r}: {err}") from None
-    if backend.one_request_at_a_time:
+    if backend.one_request_at_a_time or backend.one_prompt_per_request:
         if batch_size not in (None, 1):
             logger.warning("--endpoint %s serves one prompt per request: --batch-size %d is ignored", endpoint,
                            batch_size)
         batch_size = 1
-    return backend, endpoint_urls, proxy_url, batch_size
+    return backend, endpoint, endpoint_urls, proxy_url, batch_size
 
 
 def _show_config(cfg, plan, config_file: Path, validate_config: bool) -> None:

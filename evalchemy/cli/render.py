@@ -59,8 +59,8 @@ def dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency
     else:
         base_url = "ENDPOINT_URL"
         click.echo("note: no --endpoint given: the commands show ENDPOINT_URL", err=True)
-    tokenizer = tokenizer or backend.planned_tokenizer()
-    needs_tokenizer = bool(tokenizer or plan.needs_loglikelihood)
+    tokenizer = None if backend.chat else tokenizer or backend.planned_tokenizer()
+    needs_tokenizer = bool(tokenizer or plan.needs_loglikelihood) and not backend.chat
     settings = plan_mod.ModelSettings(
         base_url=base_url, model=model or backend.model_id or "MODEL",
         tokenizer=tokenizer or ("TOKENIZER" if plan.needs_loglikelihood else None),
@@ -71,6 +71,7 @@ def dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency
         max_length=max_length or backend.default_max_length or plan_mod.DEFAULT_MAX_LENGTH,
         single_stream=backend.one_request_at_a_time,
         lm_eval_model=backend.lm_eval_model or plan_mod.LM_EVAL_MODEL,
+        chat=backend.chat,
     )
     if not model and backend.model_id is None:
         click.echo("note: MODEL is read from GET /v1/models at run time (or pass --model)", err=True)

@@ -42,6 +42,7 @@ class DatasetSpec:
     path: str
     subset: str | None = None
     answers: str = "1-4"
+    mode: str = "multiple_choice"  # or "generative": answered in words, the letter read from the reply
     source_repo: str | None = None
     source_subset: str | None = None
     source_revision: str | None = None
@@ -78,6 +79,16 @@ class Benchmark:
     tasks: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ModelSection:
+    """The config's optional ``model`` section: how the model is reached when no flag says (flags override it)."""
+
+    backend: str | None = None
+    endpoint: str | None = None
+    name: str | None = None
+    tokenizer: str | None = None
+
+
 @dataclass
 class Config:
     path: Path
@@ -85,6 +96,7 @@ class Config:
     benchmarks: dict[str, Benchmark]
     tasks: dict[str, TaskEntry]
     warnings: list[str] = field(default_factory=list)
+    model: ModelSection = field(default_factory=ModelSection)
 
 
 def load_schema(name: str = "config.schema.json") -> dict:
@@ -272,7 +284,7 @@ def _dataset_spec(block: dict | None) -> DatasetSpec | None:
         return None
     source = block.get("source", {})
     return DatasetSpec(path=block["path"], subset=block.get("subset"), answers=block.get("answers", "1-4"),
-                       source_repo=source.get("repo"), source_subset=source.get("subset"),
+                       mode=block.get("mode", "multiple_choice"), source_repo=source.get("repo"), source_subset=source.get("subset"),
                        source_revision=source.get("revision"))
 
 
@@ -319,5 +331,8 @@ def load_config(path: Path, index=None) -> Config:
         name: Benchmark(name=name, enabled=b["enabled"], description=b.get("description", ""), tasks=tuple(b["tasks"]))
         for name, b in data["benchmarks"].items()
     }
+    section = data.get("model", {})
+    model = ModelSection(backend=section.get("backend"), endpoint=section.get("endpoint"), name=section.get("name"),
+                         tokenizer=section.get("tokenizer"))
     return Config(path=path, sha256=hashlib.sha256(raw).hexdigest(), benchmarks=benchmarks, tasks=tasks,
-                  warnings=warnings)
+                  warnings=warnings, model=model)

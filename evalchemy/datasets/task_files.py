@@ -11,11 +11,15 @@ from evalchemy import atomic
 from evalchemy.datasets.local import TEMPLATE_DIR
 
 
-def task_yaml(task: str, data_path: Path, subset: str | None, answers: str) -> str:
-    """The task file for one config entry: the KMMLU template on this entry's data."""
-    template = TEMPLATE_DIR / "kmmlu" / "_kmmlu_local_yaml"
+TEMPLATES = {"multiple_choice": "_kmmlu_local_yaml", "generative": "_kmmlu_local_generative_yaml"}
+
+
+def task_yaml(task: str, data_path: Path, subset: str | None, answers: str, mode: str = "multiple_choice") -> str:
+    """The task file for one config entry: the KMMLU template (multiple-choice or generative) on this entry's data."""
+    template = TEMPLATE_DIR / "kmmlu" / TEMPLATES[mode]
+    style = "" if mode == "multiple_choice" else f" ({mode})"
     lines = [
-        f"# Written by evalchemy for the config's task entry {task}: the KMMLU format on local data.",
+        f"# Written by evalchemy for the config's task entry {task}: the KMMLU format{style} on local data.",
         f"include: {json.dumps(str(template))}",
         f"task: {json.dumps(task)}",
         "dataset_kwargs:",
@@ -28,10 +32,10 @@ def task_yaml(task: str, data_path: Path, subset: str | None, answers: str) -> s
 
 
 def write_task_file(cache_dir: Path, task: str, data_path: Path, subset: str | None, answers: str,
-                    write: bool = True) -> Path:
+                    write: bool = True, mode: str = "multiple_choice") -> Path:
     """Write the entry's task file into its own folder (named by its content) and return the folder; with
     ``write=False`` only say where it goes (checks that write nothing)."""
-    text = task_yaml(task, data_path, subset, answers)
+    text = task_yaml(task, data_path, subset, answers, mode)
     folder = cache_dir / "local_tasks" / hashlib.sha256(text.encode()).hexdigest()[:16]
     if write:
         write_if_changed(folder / f"{task}.yaml", text)

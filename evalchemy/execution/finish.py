@@ -29,7 +29,10 @@ def _backend_record(backend: Backend, pre: Preflight | None) -> dict:
         return {"name": backend.name, "lm_eval_model": None, "model_args": None}
     args = pre.model_settings.model_args()
     args["base_url"] = backend.endpoint_id(endpoint_mod.strip_credentials(str(args["base_url"])))
-    return {"name": backend.name, "lm_eval_model": pre.model_settings.worker_model, "model_args": args}
+    record = {"name": backend.name, "lm_eval_model": pre.model_settings.worker_model, "model_args": args}
+    if pre.capabilities is not None:
+        record["capabilities"] = pre.capabilities
+    return record
 
 
 

@@ -32,6 +32,7 @@ class RunOptions:
     store: str | None = None  # the results store's URL; the run records itself there at its end
     more_endpoints: tuple[str, ...] = ()  # the same model served elsewhere: benchmarks spread over all (spread.py)
     client: str = "evalchemy"  # "lm-eval": lm-eval's stock local-completions client instead of the lean one
+    backend: str | None = None  # the registry's name (--backend, the config's model.backend); None: by endpoint
 
     @property
     def run_dir(self) -> Path:

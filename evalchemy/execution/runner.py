@@ -18,7 +18,7 @@ from evalchemy.execution import signals, storage
 from evalchemy.execution.finish import finish
 from evalchemy.execution.options import Events, RunOptions, RunResult  # noqa: F401 - part of this module's interface
 from evalchemy.execution.pool import RunOutcome, WorkerProcess, run_benchmark, worker_env
-from evalchemy.execution.preflight import Preflight, preflight  # noqa: F401 - part of this module's interface
+from evalchemy.execution.preflight import Preflight, check_tasks, preflight  # noqa: F401 - part of this module's interface
 from evalchemy.execution.records import benchmark_record, kept_record, previous_successes
 from evalchemy.plan import Plan, request_cache_key
 from evalchemy.results.summary import BenchmarkRecord, now_iso
@@ -62,7 +62,7 @@ def execute(opts: RunOptions, config: Config, plan: Plan, events: Events | None 
                 len(plan.to_run))
     for warning in config.warnings:
         logger.warning("config: %s", warning)
-    run = _Run(opts, backend_for(opts.endpoint), run_dir / f"evalchemy_summary_{opts.run_id}.json")
+    run = _Run(opts, backend_for(opts.endpoint, opts.backend), run_dir / f"evalchemy_summary_{opts.run_id}.json")
     scan: dict | None = None
     try:
         try:
@@ -91,6 +91,7 @@ def _preflight(run: _Run, config: Config, plan: Plan, api_key: str | None, index
     try:
         with signals.interruptible():
             findings = PreflightFindings()
+            findings.check(check_tasks, plan, run.backend)
             findings.check(check_plan_data, plan, index, opts.home or Path.cwd(), opts.online, config.path)
             url = findings.check(run.backend.start, opts.run_dir)
             run.started = url is not None

@@ -9,6 +9,8 @@ from evalchemy.testing.behaviour import BadRequest, error_body
 
 GENERATED_TOKEN = "</s>"  # the one token an echo request generates after the prompt
 DEFAULT_MAX_TOKENS = 16  # vLLM's default for /v1/completions
+CHAT_TEMPLATE_MISSING = ("As of transformers v4.44, default chat template is no longer allowed, so you must provide a "
+                         "chat template if the tokenizer does not define one.")  # vLLM's words
 
 
 class Completions:
@@ -140,5 +142,34 @@ class Completions:
                      "model": model or self.model_name, "choices": choices,
                      "usage": {"prompt_tokens": used_in, "total_tokens": used_in + used_out,
                                "completion_tokens": used_out, "prompt_tokens_details": None}}
+
+    # -- /v1/chat/completions ----------------------------------------------------------------------------------
+
+    def chat(self, body: dict) -> tuple[int, dict]:
+        """Answer a chat body as vLLM does: the messages' contents, joined by newlines, stand for the templated
+        prompt; the answer is the generation rule's text (no log-probabilities). Without a chat template, vLLM's
+        HTTP 400."""
+        model = body.get("model")
+        if model is not None and model not in (self.model_name, *self.extra_models):
+            return 404, error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+            return 400, error_body("messages must be a non-empty list of {role, content}", "BadRequestError", 400)
+        if not self.chat_template:
+            return 400, error_body(CHAT_TEMPLATE_MISSING, "BadRequestError", 400)
+        prompt = "\n".join(m["content"] for m in messages)
+        try:
+            choice, n_in, n_out = self._choice(0, prompt, {**body, "echo": False, "logprobs": None})
+        except BadRequest as err:
+            return 400, error_body(str(err), "BadRequestError", 400)
+        with self._lock:
+            self.prompts_seen += 1
+        message = {"role": "assistant", "content": choice["text"]}
+        return 200, {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                     "model": model or self.model_name,
+                     "choices": [{"index": 0, "message": message, "logprobs": None,
+                                  "finish_reason": choice["finish_reason"], "stop_reason": choice["stop_reason"]}],
+                     "usage": {"prompt_tokens": n_in, "total_tokens": n_in + n_out, "completion_tokens": n_out}}
 
     # -- other endpoints ---------------------------------------------------------------------------------------

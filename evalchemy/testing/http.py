@@ -107,8 +107,11 @@ class Handler(BaseHTTPRequestHandler):
         if self._gone() or not self._authorized():
             return
         path = self._path()
-        routes = {("GET", "/v1/models"), ("GET", "/health"), ("GET", "/version"),
-                  ("POST", "/v1/completions")}
+        routes = {("GET", "/v1/models"), ("GET", "/health"), ("GET", "/version")}
+        if self.app.completions_route:
+            routes.add(("POST", "/v1/completions"))
+        if self.app.chat_route:
+            routes.add(("POST", "/v1/chat/completions"))
         if self.app.tokenizer_endpoints:
             routes |= {("GET", "/tokenizer_info"), ("POST", "/tokenize"), ("POST", "/detokenize")}
         if (method, path) not in routes:
@@ -126,13 +129,15 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/tokenizer_info":
             self._send(200, self.app.tokenizer_info())
         elif path == "/v1/completions":
-            self._completions()
+            self._completions(self.app.complete)
+        elif path == "/v1/chat/completions":
+            self._completions(self.app.chat)
         else:
             body = self._json_body()
             if body is not None:
                 self._send(*(self.app.tokenize(body) if path == "/tokenize" else self.app.detokenize(body)))
 
-    def _completions(self) -> None:
+    def _completions(self, complete) -> None:
         body = self._json_body()
         if body is None:
             return
@@ -159,7 +164,7 @@ class Handler(BaseHTTPRequestHandler):
             elif self.app.malformed:
                 answer = 200, b'{"choices": [ this is not json'
             else:
-                answer = self.app.complete(body)
+                answer = complete(body)
             # the latency includes the work, as a real server's does
             self.app._closed.wait(max(0.0, self.app.latency - (time.monotonic() - started)))
             if self._gone():

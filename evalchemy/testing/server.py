@@ -9,6 +9,10 @@ It answers what lm-eval's ``local-completions`` sends, in vLLM's shapes (see DES
   drops (``[ctxlen:-1]``). Without ``echo`` it generates text by rule. Like vLLM it refuses (400) a prompt whose
   length plus ``max_tokens`` exceeds ``max_model_len``, an unknown token id and an empty prompt; an unknown model
   is a 404 ``NotFoundError``. Error bodies are vLLM's ``{"object": "error", "message", "type", "param", "code"}``.
+- ``POST /v1/chat/completions``: the messages' contents joined by newlines stand for the templated prompt, answered
+  by the generation rules below as ``choices[0].message.content`` (no log-probabilities, as chat servers).
+  ``chat_template=False``: vLLM's HTTP 400 for a model without a chat template; ``completions_route=False``: a
+  chat-only server (LM Studio-like), ``/v1/completions`` is 404; ``chat_route=False``: no chat route.
 - ``GET /tokenizer_info``, ``POST /tokenize`` and ``POST /detokenize`` only with ``tokenizer_endpoints=True`` (vLLM
   serves them only with ``--enable-tokenizer-info-endpoint``); otherwise they are 404, like every unknown path
   (``{"detail": "Not Found"}``, FastAPI's body). ``GET /health`` answers 200.
@@ -131,7 +135,8 @@ class TestServer(Completions):
                  malformed: bool = False, null_text: bool = False, no_logprobs: bool = False,
                  fail_echo_headers: bool = False, empty_text: bool = False, echo_without_generated: bool = False,
                  die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
-                 request_log: Path | str | None = None, extra_models: Iterable[str] = ()):
+                 request_log: Path | str | None = None, extra_models: Iterable[str] = (),
+                 completions_route: bool = True, chat_route: bool = True, chat_template: bool = True):
         from tokenizers import Tokenizer
 
         tokenizer_dir = Path(tokenizer_dir)
@@ -160,6 +165,9 @@ class TestServer(Completions):
         self.api_key = api_key
         self.request_log = Path(request_log) if request_log else None
         self.extra_models = tuple(extra_models)
+        self.completions_route = completions_route  # False: a chat-only server (LM Studio-like): 404 there
+        self.chat_route = chat_route
+        self.chat_template = chat_template  # False: chat requests get vLLM's "no chat template" 400
         self.requests: list[dict] = []
         self.timings: list[tuple[float, float]] = []
         self.prompts_seen = 0
