@@ -208,7 +208,8 @@ def _backend(endpoint: str | None, name: str | None):
     except LookupError:
         raise UsageError(f"--backend {name}: no such backend; choose one of: {', '.join(BACKENDS)}") from None
     if backend.runs_here and endpoint not in (None, backend.endpoint_name):
-        raise UsageError(f"--backend {backend.name} runs {backend.description} on this machine: drop --endpoint")
+        raise UsageError(f"--backend {backend.name} starts its model on this machine and takes no URL: drop "
+                         "--endpoint")
     if not backend.runs_here and endpoint == "local":
         raise UsageError(f"--endpoint local is the embedded model, not a {backend.name} endpoint: pass a URL, or "
                          "--backend local")

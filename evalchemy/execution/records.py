@@ -80,6 +80,8 @@ def benchmark_record(bench: BenchmarkPlan, outcomes: list[RunOutcome], run_dir: 
         run = outcome.run
         if run.dataset is not None:
             entry["data"] = {"path": run.data_path, "subset": run.dataset.subset, "answers": run.dataset.answers}
+            if run.dataset.mode != "multiple_choice":
+                entry["data"]["mode"] = run.dataset.mode
         if run.hub_copies:
             entry["hub_copies"] = list(run.hub_copies)
         record.runs.append(entry)
