@@ -46,6 +46,7 @@ class ModelSettings:
     lm_eval_model: str = LM_EVAL_MODEL  # echo.ECHO_MODEL when the server's echo omits end-of-text (echo.check)
     client: str = "evalchemy"  # "evalchemy": the lean client (not for the embedded model); "lm-eval": the stock one
     chat: bool = False  # chat messages: lm-eval applies the chat template (apply_chat_template)
+    max_batch: int | None = None  # the most prompts per request the server takes (the probe found 1), else None
 
     @property
     def worker_model(self) -> str:
@@ -60,6 +61,10 @@ class ModelSettings:
         if run.concurrency is None or self.single_stream:
             return self
         return replace(self, num_concurrent=run.concurrency)
+
+    def batch_size(self, run: TaskRun) -> int:
+        """Prompts per request for ``run``: its own, unless the server takes fewer."""
+        return min(run.batch_size, self.max_batch) if self.max_batch else run.batch_size
 
     def model_args(self) -> dict[str, str | int | bool]:
         args: dict[str, str | int | bool] = {"base_url": self.base_url, "model": self.model or "MODEL"}
@@ -279,7 +284,7 @@ def lm_eval_argv(run: TaskRun, model: ModelSettings, output_path: str, use_cache
     endpoint URL carries no credentials (refused at --endpoint) and the API key stays in the environment."""
     argv = ["lm_eval", "run", "--model", model.lm_eval_model,
             "--model_args", format_model_args(model.for_run(run).model_args()),
-            "--tasks", ",".join(run.tasks), "--batch_size", str(run.batch_size)]
+            "--tasks", ",".join(run.tasks), "--batch_size", str(model.batch_size(run))]
     if run.num_fewshot is not None:
         argv += ["--num_fewshot", str(run.num_fewshot)]
     if run.limit is not None:
@@ -320,7 +325,7 @@ def simple_evaluate_kwargs(run: TaskRun, model: ModelSettings, use_cache: str | 
         "model_args": model.for_run(run).model_args(),
         "tasks": list(run.tasks),
         "num_fewshot": run.num_fewshot,
-        "batch_size": run.batch_size,
+        "batch_size": model.batch_size(run),
         "limit": run.limit,
         "log_samples": run.log_samples,
         **({"apply_chat_template": True} if model.chat else {}),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from evalchemy.backends import echo_check as echo
 from evalchemy.datasets.answers import INVALID, answer_letter
 from evalchemy.testing.server import TestServer, build_test_tokenizer, prompt_count
 from tests import taskdata
@@ -232,3 +233,61 @@ def test_openai_completions_needs_its_key_and_sends_it_only_as_a_header(tmp_path
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert KEY not in done.stdout + done.stderr
+
+
+def mc_config(tmp_path: Path) -> Path:
+    body = {"benchmarks": {"kmmlu_mc": {"enabled": True, "tasks": ["ins_mc"]}},
+            "tasks": {"ins_mc": {"enabled": True, "label": "보험학", "dataset": {"path": "ins.jsonl"}}}}
+    path = tmp_path / "mc.json"
+    path.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("options, found", [
+    ({}, {"server": "vLLM 0.0.0+evalchemy.testing.server", "token_id_prompts": True, "prompts_per_request": "several"}),
+    ({"version_route": False}, {"server": "not vLLM", "token_id_prompts": True, "prompts_per_request": "several"}),
+    ({"version_route": False, "reject_token_ids": True},
+     {"server": "not vLLM", "token_id_prompts": False, "prompts_per_request": "several"}),
+    ({"version_route": False, "one_prompt_per_request": True},
+     {"server": "not vLLM", "token_id_prompts": True, "prompts_per_request": "one"}),
+])
+def test_probe_fits_the_settings_to_the_server(tmp_path, tokenizer, data, options, found):
+    """Multiple-choice on servers that take text prompts only, or one prompt per request: the probe finds it, the
+    run sends what the server takes, and the score is the one the rule gives (choice A favoured: the share of
+    questions whose answer is A)."""
+    with TestServer(tokenizer, "test-model", answers={"favoured": ["A"]}, **options) as srv:
+        done = run(mc_config(tmp_path), data, tmp_path / "o", "--endpoint", srv.base_url, "--tokenizer",
+                   str(tokenizer), "--run-id", "p")
+        bodies = list(srv.requests)
+    assert done.returncode == 0, done.stderr
+    summary = summary_of(tmp_path / "o", "p")
+    assert summary["benchmarks"]["kmmlu_mc"]["metrics"]["ins_mc"]["acc"]["value"] == pytest.approx(
+        taskdata.expected_accuracy("insurance"))
+    capabilities = summary["backend"]["capabilities"]
+    assert {k: capabilities[k] for k in found} == found
+    assert capabilities["prompt_logprobs"] is True and capabilities["echo_omits_end_of_text"] is False
+    probes = 0 if options.get("version_route", True) else 2  # a prompt of token ids, then two prompts
+    task_bodies = bodies[probes + 2:]  # after the probe and the echo check
+    assert task_bodies and sum(prompt_count(b) for b in task_bodies) == 4 * 5
+    if options.get("reject_token_ids"):
+        assert all(isinstance(b["prompt"], str) or isinstance(b["prompt"][0], str) for b in bodies[1:])
+    if options.get("one_prompt_per_request"):
+        assert all(prompt_count(b) == 1 for b in task_bodies)
+        assert "--batch_size 1 " in summary["benchmarks"]["kmmlu_mc"]["runs"][0]["lm_eval_command"]
+
+
+def test_a_server_that_ignores_echo_is_refused_for_multiple_choice(tmp_path, tokenizer, data):
+    """Echo ignored (the answer has only the generated token's log-probability): multiple-choice cannot be scored,
+    exit 3 naming the check; the generative variant runs on the same server."""
+    with server(tokenizer, ignore_echo=True) as srv:
+        refused = run(mc_config(tmp_path), data, tmp_path / "o", "--endpoint", srv.base_url, "--tokenizer",
+                      str(tokenizer), "--run-id", "echo")
+        n = len(srv.encode(echo.PROBE_TEXT))
+        generative = run(config(tmp_path), data, tmp_path / "o", "--endpoint", srv.base_url, "--tokenizer",
+                         str(tokenizer), "--run-id", "gen")
+    assert refused.returncode == 3, refused.stderr
+    assert summary_of(tmp_path / "o", "echo")["error"] == (
+        f"echo check (a log-likelihood request): the server ignores echo: its answer holds 1 log-probabilities for a "
+        f"prompt of {n} tokens, none of the prompt's, which multiple-choice tasks score; use a server that echoes "
+        "them (vLLM), or run generation tasks (a dataset entry's \"mode\": \"generative\")")
+    assert generative.returncode == 0, generative.stderr

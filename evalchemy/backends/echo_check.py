@@ -98,6 +98,18 @@ def _tokenizer(path: str) -> _Tokenizer:
                       tuple(sorted(set(tokenizer.all_special_ids))))
 
 
+def encoder(path: str):
+    """text -> token ids with the tokenizer at ``path`` (as lm-eval will load it), loaded on first use."""
+    loaded: list[_Tokenizer] = []
+
+    def encode(text: str) -> list[int]:
+        if not loaded:
+            loaded.append(_tokenizer(path))
+        return loaded[0].encode(text)
+
+    return encode
+
+
 def _post(url: str, body: dict, api_key: str | None, timeout: float) -> dict:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     if api_key:
@@ -115,6 +127,12 @@ def _generated(answer: dict, n_prompt: int, what: str) -> int:
         entries, _ = prompt_entries(choice, n_prompt)
     except EchoShapeError as err:
         entries = len((choice.get("logprobs") or {}).get("token_logprobs") or [])
+        if entries <= 1 < n_prompt:
+            raise PreflightError(
+                f"echo check ({what}): the server ignores echo: its answer holds {entries} log-probabilities for a "
+                f"prompt of {n_prompt} tokens, none of the prompt's, which multiple-choice tasks score; use a server "
+                "that echoes them (vLLM), or run generation tasks (a dataset entry's \"mode\": \"generative\")"
+            ) from None
         hint = ("the log-probabilities are shifted by one token (a llama.cpp server that adds no BOS token: start "
                 "it with --kv_overrides tokenizer.ggml.add_bos_token=bool:true)" if entries == n_prompt else
                 f"the tokenizer does not split the prompt as the server does (pass the model's own "

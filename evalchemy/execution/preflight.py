@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from evalchemy.backends import chat as chat_mod
 from evalchemy.backends import echo_check as echo
+from evalchemy.backends import probe as completions_probe
 from evalchemy.backends import openai_completions as endpoint_mod
 from evalchemy.backends.base import Backend
 from evalchemy.backends.registry import backend_for
@@ -135,11 +136,16 @@ def completions_preflight(opts: RunOptions, plan: Plan, api_key: str | None, bac
         format_model_args(settings.model_args())
     except UsageError as err:  # e.g. a comma in the model folder the server reports
         raise PreflightError(str(err)) from None
+    found = {}
+    if not backend.one_request_at_a_time:  # the embedded model's settings are fixed
+        encode = echo.encoder(settings.tokenizer) if settings.tokenizer_backend == "huggingface" else None
+        settings, probed = completions_probe.probe(settings, encode, api_key, ep)
+        found = probed.as_dict()
     if plan.needs_loglikelihood:
         settings = echo.check(settings, api_key)
     server_max = model.get("max_model_len")
     capabilities = {  # what was seen; None: not checked (no log-likelihood task in the plan)
-        "completions_route": True,
+        "completions_route": True, **found,
         "prompt_logprobs": True if plan.needs_loglikelihood else None,
         "echo_omits_end_of_text": settings.lm_eval_model == echo.ECHO_MODEL if plan.needs_loglikelihood else None,
         "max_model_len": server_max if isinstance(server_max, int) else None,

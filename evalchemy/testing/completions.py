@@ -129,6 +129,12 @@ class Completions:
         choices, used_in, used_out = [], 0, 0
         try:
             prompts = self._prompts(body.get("prompt"))
+            if self.reject_token_ids and any(not isinstance(p, str) for p in prompts):
+                raise BadRequest("prompt must be a string or a list of strings")
+            if self.one_prompt_per_request and len(prompts) > 1:
+                raise BadRequest("only one prompt per request is supported")
+            if self.ignore_echo:
+                body = {**body, "echo": False}
             for i, prompt in enumerate(prompts):
                 choice, n_in, n_out = self._choice(i, prompt, body)
                 choices.append(choice)

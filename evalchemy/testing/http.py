@@ -107,7 +107,9 @@ class Handler(BaseHTTPRequestHandler):
         if self._gone() or not self._authorized():
             return
         path = self._path()
-        routes = {("GET", "/v1/models"), ("GET", "/health"), ("GET", "/version")}
+        routes = {("GET", "/v1/models"), ("GET", "/health")}
+        if self.app.version_route:
+            routes.add(("GET", "/version"))
         if self.app.completions_route:
             routes.add(("POST", "/v1/completions"))
         if self.app.chat_route:

@@ -13,6 +13,10 @@ It answers what lm-eval's ``local-completions`` sends, in vLLM's shapes (see DES
   by the generation rules below as ``choices[0].message.content`` (no log-probabilities, as chat servers).
   ``chat_template=False``: vLLM's HTTP 400 for a model without a chat template; ``completions_route=False``: a
   chat-only server (LM Studio-like), ``/v1/completions`` is 404; ``chat_route=False``: no chat route.
+- Servers that are not vLLM: ``ignore_echo`` (echo requests answered as generations, without the prompt's
+  log-probabilities), ``reject_token_ids`` (HTTP 400 for token-id prompts), ``one_prompt_per_request`` (HTTP 400 for
+  a list of several prompts), ``version_route=False`` (no ``GET /version``, which tells vLLM apart),
+  ``echo_without_generated`` (below).
 - ``GET /tokenizer_info``, ``POST /tokenize`` and ``POST /detokenize`` only with ``tokenizer_endpoints=True`` (vLLM
   serves them only with ``--enable-tokenizer-info-endpoint``); otherwise they are 404, like every unknown path
   (``{"detail": "Not Found"}``, FastAPI's body). ``GET /health`` answers 200.
@@ -136,7 +140,9 @@ class TestServer(Completions):
                  fail_echo_headers: bool = False, empty_text: bool = False, echo_without_generated: bool = False,
                  die_after: int | None = None, die_exits_process: bool = False, api_key: str | None = None,
                  request_log: Path | str | None = None, extra_models: Iterable[str] = (),
-                 completions_route: bool = True, chat_route: bool = True, chat_template: bool = True):
+                 completions_route: bool = True, chat_route: bool = True, chat_template: bool = True,
+                 ignore_echo: bool = False, reject_token_ids: bool = False, one_prompt_per_request: bool = False,
+                 version_route: bool = True):
         from tokenizers import Tokenizer
 
         tokenizer_dir = Path(tokenizer_dir)
@@ -168,6 +174,10 @@ class TestServer(Completions):
         self.completions_route = completions_route  # False: a chat-only server (LM Studio-like): 404 there
         self.chat_route = chat_route
         self.chat_template = chat_template  # False: chat requests get vLLM's "no chat template" 400
+        self.ignore_echo = ignore_echo  # answers echo requests as plain generations (no prompt log-probabilities)
+        self.reject_token_ids = reject_token_ids  # 400 for a prompt given as token ids (text prompts only)
+        self.one_prompt_per_request = one_prompt_per_request  # 400 for a list of several prompts
+        self.version_route = version_route  # GET /version as vLLM answers it; False: 404, as servers that are not vLLM
         self.requests: list[dict] = []
         self.timings: list[tuple[float, float]] = []
         self.prompts_seen = 0
