@@ -47,6 +47,7 @@ class ModelSettings:
     client: str = "evalchemy"  # "evalchemy": the lean client (not for the embedded model); "lm-eval": the stock one
     chat: bool = False  # chat messages: lm-eval applies the chat template (apply_chat_template)
     max_batch: int | None = None  # the most prompts per request the server takes (the probe found 1), else None
+    local_args: tuple[tuple[str, str | int | bool], ...] | None = None  # a checkpoint's lm-eval model arguments
 
     @property
     def worker_model(self) -> str:
@@ -67,6 +68,8 @@ class ModelSettings:
         return min(run.batch_size, self.max_batch) if self.max_batch else run.batch_size
 
     def model_args(self) -> dict[str, str | int | bool]:
+        if self.local_args is not None:  # a checkpoint loaded in the worker: no server settings apply
+            return dict(self.local_args)
         args: dict[str, str | int | bool] = {"base_url": self.base_url, "model": self.model or "MODEL"}
         if self.tokenizer:
             args["tokenizer"] = self.tokenizer

@@ -195,7 +195,7 @@ def test_chat_dry_run_shows_the_chat_command(tmp_path, data):
 
 @pytest.mark.parametrize("args, message", [
     (["--backend", "tgi"], "--backend tgi: no such backend; choose one of: vllm-server, local, openai-completions, "
-                           "chat"),
+                           "chat, hf, vllm"),
     (["--backend", "local", "--endpoint", "http://h:8000"], "--backend local starts its model on this machine and "
                                                             "takes no URL: drop --endpoint"),
     (["--backend", "chat", "--endpoint", "local"], "--endpoint local is the embedded model, not a chat endpoint: pass "

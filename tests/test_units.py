@@ -153,7 +153,7 @@ def test_proxy_store_and_broker_urls_are_shown_by_the_one_redactor():
 
 def test_backends_are_registered_and_picked_by_endpoint_or_name():
     """'local' is the embedded model; any URL (or none yet) is a vLLM server; the others only by name."""
-    assert sorted(BACKENDS) == ["chat", "local", "openai-completions", "vllm-server"]
+    assert sorted(BACKENDS) == ["chat", "hf", "local", "openai-completions", "vllm", "vllm-server"]
     local = backend_for("local")
     assert isinstance(local, LlamaCppBackend)
     assert (local.one_request_at_a_time, local.string_prompts, local.runs_here) == (True, True, True)
@@ -253,3 +253,26 @@ def test_errors_show_settings_bare_and_the_cli_shows_its_flags():
     assert str(err) == "request-timeout 0: must be at least 1 (raise request-timeout)"
     assert cli_words(err.message) == "--request-timeout 0: must be at least 1 (raise --request-timeout)"
     assert cli_words("a message with no setting: --as it was") == "a message with no setting: --as it was"
+
+
+def test_queue_worker_gives_its_endpoint_only_to_runs_that_reach_a_server(tmp_path):
+    """A queued run with no --endpoint gets the worker's; a run of a checkpoint or of the embedded model (by flag or
+    by the config's model.backend) gets none, which those backends would refuse."""
+    from evalchemy.queue.work import Settings, command
+
+    conf = Settings(store="sqlite:///s.db", output=tmp_path, endpoints=("http://box:8000",))
+    plain, in_config = tmp_path / "plain.json", tmp_path / "model.json"
+    plain.write_text('{"benchmarks": {}}', encoding="utf-8")
+    in_config.write_text('{"benchmarks": {}, "model": {"backend": "hf", "name": "/models/x"}}', encoding="utf-8")
+
+    def endpoints(args, config):
+        argv = command({"args": args, "run_id": "r"}, config, conf)
+        return [argv[i + 1] for i, a in enumerate(argv) if a == "--endpoint"]
+
+    assert endpoints([], plain) == ["http://box:8000"]
+    assert endpoints(["--backend", "chat"], plain) == ["http://box:8000"]
+    assert endpoints(["--endpoint", "http://other:8000"], plain) == ["http://other:8000"]
+    assert endpoints(["--backend", "hf", "--model", "/models/x"], plain) == []
+    assert endpoints(["--backend=local"], plain) == []
+    assert endpoints([], in_config) == []
+    assert endpoints(["--backend", "vllm-server"], in_config) == ["http://box:8000"]

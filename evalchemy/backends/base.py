@@ -46,6 +46,19 @@ class Backend:
 
         return normalize(url)
 
+    def worker_python(self) -> str | None:
+        """The Python the lm-eval worker runs in; None: the runner's own."""
+        return None
+
+    def worker_env(self) -> dict[str, str]:
+        """Variables the lm-eval worker gets on top of the run's (the engine's own settings)."""
+        return {}
+
+    def planned_settings(self, model: str | None, gpu: str | None, max_length: int | None):
+        """The model settings a dry run shows when they do not come from a server (plan.ModelSettings); None:
+        the completions settings."""
+        return None
+
     def planned_tokenizer(self) -> str | None:
         """The tokenizer it brings, as a path shown without writing anything (dry run); None: none of its own."""
         return None

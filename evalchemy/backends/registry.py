@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from evalchemy.backends.base import Backend
 from evalchemy.backends.chat import ChatBackend
+from evalchemy.backends.checkpoint import HfBackend, VllmInProcessBackend
 from evalchemy.backends.llamacpp import LlamaCppBackend
 from evalchemy.backends.openai_completions import OpenAICompletionsBackend, VllmServerBackend
 
@@ -20,6 +21,8 @@ register(VllmServerBackend)
 register(LlamaCppBackend)
 register(OpenAICompletionsBackend)
 register(ChatBackend)
+register(HfBackend)
+register(VllmInProcessBackend)
 
 
 def backend_for(endpoint: str | None, name: str | None = None) -> Backend:

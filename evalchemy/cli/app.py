@@ -39,9 +39,11 @@ logger = logging.getLogger("evalchemy")
               help="How the model is reached: vllm-server (an OpenAI-compatible completions server at --endpoint), "
                    "local (the embedded model, as --endpoint local), openai-completions (the OpenAI API; the key "
                    "from OPENAI_API_KEY), chat (an OpenAI-compatible chat completions server: LM Studio, Ollama, "
-                   "vLLM's chat route; generation tasks only). Default: the config's model.backend, else "
-                   "vllm-server, or local with --endpoint local.")
-@click.option("--model", metavar="NAME", help="Served model name. Default: the one model GET /v1/models lists.")
+                   "vLLM's chat route; generation tasks only), hf (a checkpoint folder run with transformers, "
+                   "--model PATH), vllm (a checkpoint folder loaded by vLLM in the worker). Default: the config's "
+                   "model.backend, else vllm-server, or local with --endpoint local.")
+@click.option("--model", metavar="NAME", help="Served model name (hf, vllm: the checkpoint folder). Default: the one "
+                                                "model GET /v1/models lists.")
 @click.option("--tokenizer", metavar="PATH",
               help="Local tokenizer folder (or a model id in the local Hugging Face cache). Default: the model "
                    "folder the server reports, if it is on this disk, else the server's tokenizer endpoints.")
@@ -125,6 +127,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key, notify_secrets = _secrets(api_key_env, notify_url)
     includes = _include_paths(include_paths)
+    _check_url_syntax(endpoint, more_endpoints)
     cfg, index = _load(config_file, includes)
     chosen = cfg.model  # the config's model section; flags override it
     endpoint, model, tokenizer = endpoint or chosen.endpoint, model or chosen.name, tokenizer or chosen.tokenizer
@@ -146,7 +149,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         for warning in cfg.warnings:
             click.echo(f"warning: {warning}", err=True)
         settings = dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency, request_timeout,
-                                    max_length)
+                                    max_length, gpu)
         print_dry_run(plan, settings, output / run_id, sys.stdout)
         return
 
@@ -197,6 +200,17 @@ def _secrets(api_key_env: str, notify_url: str | None) -> tuple[str | None, tupl
     if api_key is None and api_key_env != "OPENAI_API_KEY":
         raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
     return api_key, notify_secrets
+
+
+def _check_url_syntax(*endpoints) -> None:
+    """A malformed --endpoint URL is a usage error before anything else is read (the route is checked later, when
+    the backend is known)."""
+    from evalchemy.backends.endpoint import normalize
+
+    for endpoint in endpoints:
+        for url in endpoint if isinstance(endpoint, tuple) else (endpoint,):
+            if url and url != "local":
+                normalize(url, route="chat")
 
 
 def _backend(endpoint: str | None, name: str | None):

@@ -46,11 +46,18 @@ def print_benchmarks(cfg, plan) -> None:
     Console(highlight=False, soft_wrap=False, width=max(160, Console().width)).print(table)
 
 
-def dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency, request_timeout, max_length):
+def dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency, request_timeout, max_length,
+                     gpu=None):
     """The model settings the commands show: what is known without the network, placeholders (noted on stderr)
     for what a run resolves from the server or the backend chooses at run time."""
     from evalchemy import plan as plan_mod
 
+    planned = backend.planned_settings(model, gpu, max_length)
+    if planned is not None:
+        if not model:
+            click.echo(f"note: no --model given: the commands show CHECKPOINT for the {backend.name} backend's "
+                       "checkpoint folder", err=True)
+        return planned
     if endpoint_urls:
         base_url = endpoint_urls.completions_url
     elif backend.placeholder_url:

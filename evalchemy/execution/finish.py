@@ -28,7 +28,8 @@ def _backend_record(backend: Backend, pre: Preflight | None) -> dict:
     if pre is None:
         return {"name": backend.name, "lm_eval_model": None, "model_args": None}
     args = pre.model_settings.model_args()
-    args["base_url"] = backend.endpoint_id(endpoint_mod.strip_credentials(str(args["base_url"])))
+    if "base_url" in args:
+        args["base_url"] = backend.endpoint_id(endpoint_mod.strip_credentials(str(args["base_url"])))
     record = {"name": backend.name, "lm_eval_model": pre.model_settings.worker_model, "model_args": args}
     if pre.capabilities is not None:
         record["capabilities"] = pre.capabilities

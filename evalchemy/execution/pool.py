@@ -57,8 +57,9 @@ class WorkerTimeout(Exception):
 class WorkerProcess:
     """One ``python -m evalchemy.engines.lm_eval.worker`` process in its own process group."""
 
-    def __init__(self, env: dict[str, str], boot_log: Path, cwd: Path | None = None):
+    def __init__(self, env: dict[str, str], boot_log: Path, cwd: Path | None = None, python: str | None = None):
         self.env = env
+        self.python = python or sys.executable  # a checkpoint backend's engine Python (with torch), else ours
         self.cwd = cwd
         self.boot_log = boot_log
         self.proc: subprocess.Popen | None = None
@@ -71,7 +72,7 @@ class WorkerProcess:
         env = {**self.env, RESULT_FD_ENV: str(write_fd), COUNTERS_FD_ENV: str(self.counters.fd)}
         with open(self.boot_log, "ab") as boot:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                [sys.executable, "-m", "evalchemy.engines.lm_eval.worker"],
+                [self.python, "-m", "evalchemy.engines.lm_eval.worker"],
                 stdin=subprocess.PIPE,
                 stdout=boot,
                 stderr=subprocess.STDOUT,

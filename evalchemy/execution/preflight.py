@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from evalchemy.backends import chat as chat_mod
+from evalchemy.backends import checkpoint as checkpoint_mod
 from evalchemy.backends import echo_check as echo
 from evalchemy.backends import probe as completions_probe
 from evalchemy.backends import openai_completions as endpoint_mod
@@ -154,4 +155,22 @@ def completions_preflight(opts: RunOptions, plan: Plan, api_key: str | None, bac
                      capabilities=capabilities)
 
 
-PREFLIGHTS = {"completions": completions_preflight, "chat": chat_preflight}
+def checkpoint_preflight(opts: RunOptions, plan: Plan, api_key: str | None, backend: Backend,
+                         findings: PreflightFindings) -> Preflight:
+    """A checkpoint loaded in the worker: the folder has what lm-eval loads, the worker's Python has the engine."""
+    folder = findings.check(checkpoint_mod.check_folder, opts.model, backend.name)
+    python = backend.worker_python()
+    engine = findings.check(checkpoint_mod.check_engine, python, backend.engine_modules, backend.name)
+    findings.raise_any()
+    logger.info("checkpoint: %s; engine: %s in %s, %d CUDA device(s)", folder,
+                ", ".join(f"{k} {v}" for k, v in engine["versions"].items()), python, engine["cuda_devices"])
+    settings = backend.settings(folder, engine["cuda_devices"], opts.max_length)
+    endpoint = endpoint_mod.Endpoint(completions_url=str(folder), models_url="", server_base="", display=str(folder))
+    tokenizer = endpoint_mod.TokenizerChoice("huggingface", str(folder), "the checkpoint folder")
+    capabilities = {"engine_python": python, "cuda_devices": engine["cuda_devices"], **{
+        f"{name}_version": version for name, version in engine["versions"].items()}}
+    return Preflight(endpoint=endpoint, model=folder.name, tokenizer=tokenizer, model_settings=settings,
+                     capabilities=capabilities)
+
+
+PREFLIGHTS = {"completions": completions_preflight, "chat": chat_preflight, "checkpoint": checkpoint_preflight}

@@ -112,7 +112,7 @@ def _run_benchmarks(run: _Run, config: Config, plan: Plan, api_key: str | None, 
     endpoint_id = run.backend.endpoint_id(public_url)
     kept = previous_successes(run.summary_path, config, pre, endpoint_id)
     cache = str(run_dir / ".request_cache" / request_cache_key(replace(pre.model_settings, base_url=endpoint_id)))
-    run.worker = _new_worker(opts, api_key)
+    run.worker = _new_worker(opts, api_key, run.backend)
     to_run = plan.to_run
     if opts.more_endpoints:
         _spread(opts, plan, api_key, pre, run.worker, kept, events, run.records, run_dir, cache)
@@ -140,9 +140,10 @@ def _run_benchmarks(run: _Run, config: Config, plan: Plan, api_key: str | None, 
         events.benchmark_done(record)
 
 
-def _new_worker(opts: RunOptions, api_key: str | None) -> WorkerProcess:
-    return WorkerProcess(worker_env(opts.gpu, opts.log_level, api_key, online=opts.online, proxy=opts.proxy),
-                         opts.run_dir / ".worker.log", cwd=opts.home)
+def _new_worker(opts: RunOptions, api_key: str | None, backend: Backend | None = None) -> WorkerProcess:
+    env = worker_env(opts.gpu, opts.log_level, api_key, online=opts.online, proxy=opts.proxy)
+    return WorkerProcess({**env, **(backend.worker_env() if backend else {})}, opts.run_dir / ".worker.log",
+                         cwd=opts.home, python=backend.worker_python() if backend else None)
 
 
 def _stop_parts(run: _Run) -> None:

@@ -68,12 +68,35 @@ def command(payload: dict, config_file: Path, conf: Settings) -> list[str]:
         argv += ["--data-dir", conf.data_dir]
     for path in conf.include_paths:
         argv += ["--include-path", path]
-    if not any(a == "--endpoint" or a.startswith("--endpoint=") for a in args):
+    if not any(a == "--endpoint" or a.startswith("--endpoint=") for a in args) and _takes_url(args, config_file):
         for endpoint in conf.endpoints:
             argv += ["--endpoint", endpoint]
     if conf.tokenizer and not any(a == "--tokenizer" or a.startswith("--tokenizer=") for a in args):
         argv += ["--tokenizer", conf.tokenizer]
     return argv + args
+
+
+def _takes_url(args: list[str], config_file: Path) -> bool:
+    """Whether the run's backend (``--backend``, else the config's ``model.backend``) reaches a server by URL: a
+    checkpoint or the embedded model runs on the worker's box and takes none of its endpoints."""
+    import json
+
+    from evalchemy.backends.registry import BACKENDS
+
+    name = None
+    for i, arg in enumerate(args):
+        if arg == "--backend" and i + 1 < len(args):
+            name = args[i + 1]
+        elif arg.startswith("--backend="):
+            name = arg.split("=", 1)[1]
+    if name is None:
+        try:
+            section = json.loads(config_file.read_text(encoding="utf-8")).get("model") or {}
+        except (OSError, ValueError, AttributeError):
+            section = {}
+        name = section.get("backend") if isinstance(section, dict) else None
+    backend = BACKENDS.get(name) if isinstance(name, str) else None
+    return backend is None or not backend.runs_here
 
 
 def handle(payload: dict) -> str:

@@ -13,10 +13,8 @@ It answers what lm-eval's ``local-completions`` sends, in vLLM's shapes (see DES
   by the generation rules below as ``choices[0].message.content`` (no log-probabilities, as chat servers).
   ``chat_template=False``: vLLM's HTTP 400 for a model without a chat template; ``completions_route=False``: a
   chat-only server (LM Studio-like), ``/v1/completions`` is 404; ``chat_route=False``: no chat route.
-- Servers that are not vLLM: ``ignore_echo`` (echo requests answered as generations, without the prompt's
-  log-probabilities), ``reject_token_ids`` (HTTP 400 for token-id prompts), ``one_prompt_per_request`` (HTTP 400 for
-  a list of several prompts), ``version_route=False`` (no ``GET /version``, which tells vLLM apart),
-  ``echo_without_generated`` (below).
+- Not vLLM: ``ignore_echo`` (echo requests answered as generations), ``reject_token_ids`` / ``one_prompt_per_request``
+  (HTTP 400 for token-id prompts / several prompts), ``version_route=False`` (no ``GET /version``, which tells vLLM).
 - ``GET /tokenizer_info``, ``POST /tokenize`` and ``POST /detokenize`` only with ``tokenizer_endpoints=True`` (vLLM
   serves them only with ``--enable-tokenizer-info-endpoint``); otherwise they are 404, like every unknown path
   (``{"detail": "Not Found"}``, FastAPI's body). ``GET /health`` answers 200.

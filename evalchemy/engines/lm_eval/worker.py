@@ -102,7 +102,8 @@ class JobRunner:
         samples = samples if wanted_samples else None
         config = results.get("config") or {}
         if isinstance(config.get("model_args"), dict):
-            config["model_args"] = {**config["model_args"], "base_url": job.credentials_free_base_url}
+            if "base_url" in config["model_args"]:
+                config["model_args"] = {**config["model_args"], "base_url": job.credentials_free_base_url}
         elif "model_args" in config:
             config["model_args"] = "(removed: it may hold credentials)"
         # Round-trip through JSON so numpy numbers become plain ones, exactly as lm-eval writes them.
