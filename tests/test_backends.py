@@ -291,3 +291,83 @@ def test_a_server_that_ignores_echo_is_refused_for_multiple_choice(tmp_path, tok
         f"prompt of {n} tokens, none of the prompt's, which multiple-choice tasks score; use a server that echoes "
         "them (vLLM), or run generation tasks (a dataset entry's \"mode\": \"generative\")")
     assert generative.returncode == 0, generative.stderr
+
+
+def test_dry_run_probe_prints_what_the_server_takes_and_the_commands_that_follow(tmp_path, tokenizer, data):
+    """--dry-run --probe: the preflight's checks against the server, the findings on a '# capabilities' line, and
+    commands with the settings found (one prompt per request here); no task request, nothing written."""
+    with TestServer(tokenizer, "test-model", version_route=False, one_prompt_per_request=True) as srv:
+        done = run(mc_config(tmp_path), data, tmp_path / "o", "--endpoint", srv.base_url, "--tokenizer",
+                   str(tokenizer), "--dry-run", "--probe", "--run-id", "p")
+        sent = [b for b in srv.requests if b.get("max_tokens") != 1]
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"# backend vllm-server at {srv.base_url}/v1/completions, model test-model, tokenizer {tokenizer}"
+    assert json.loads(lines[1].removeprefix("# capabilities: ")) == {
+        "completions_route": True, "server": "not vLLM", "token_id_prompts": True, "prompts_per_request": "one",
+        "prompt_logprobs": True, "echo_omits_end_of_text": False, "max_model_len": 2048}
+    command = next(line for line in lines if line.startswith("lm_eval run"))
+    assert " --batch_size 1 " in command and ",model=test-model," in command
+    assert sent == [] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--probe", "--endpoint", "http://h:8000"], "--probe goes with --dry-run: it checks the endpoint and prints the "
+                                                 "commands it would run"),
+    (["--dry-run", "--probe", "--backend", "hf", "--model", "/models/x"],
+     "--probe checks a server at --endpoint; the hf backend runs on this machine (drop --probe: --dry-run shows its "
+     "commands)"),
+])
+def test_probe_mistakes_are_usage_errors(tmp_path, data, args, message):
+    done = run(config(tmp_path), data, tmp_path / "o", *args)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"error: {message}"
+
+
+def test_chat_backend_sends_the_key_as_a_bearer_token_and_writes_it_nowhere(tmp_path, tokenizer, data):
+    """A chat server that wants a key (the OpenAI API, a proxy in front of LM Studio): every request, the probe's
+    included, carries it; no file of the run and no output holds it."""
+    with server(tokenizer, completions_route=False, api_key=KEY) as srv:
+        done = run(config(tmp_path), data, tmp_path / "o", "--backend", "chat", "--endpoint", srv.base_url,
+                   "--run-id", "key", env={"OPENAI_API_KEY": KEY})
+        answered = len(srv.requests)
+    assert done.returncode == 0, done.stderr
+    assert answered == 1 + 5  # the server answers 401 without the key and records nothing then
+    for path in (tmp_path / "o").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in done.stdout + done.stderr
+
+
+def _tree(run_dir: Path) -> list[str]:
+    """The run folder's files, with lm-eval's timestamps and the served model's folder name left out."""
+    import re
+
+    names = set()
+    for path in run_dir.rglob("*"):
+        if path.is_file() and ".request_cache" not in path.parts and path.name != ".worker.log":
+            relative = path.relative_to(run_dir).as_posix()
+            names.add(re.sub(r"/[^/]+/(results|samples)_(.*?)_?\d{4}-\d\d-\d\dT[\d.-]+\.json", r"/MODEL/\1_\2.json",
+                             relative))
+    return sorted(re.sub(rf"_{re.escape(run_dir.name)}(\.log|\.json)$", r"_RUN\1", name) for name in names)
+
+
+def test_switching_backend_keeps_the_results_tree_summary_and_store_records(tmp_path, tokenizer, data):
+    """The same config on a completions server and on a chat server: the same files in the run folder, the same
+    summary keys, the same score, and both runs in the store with their backend."""
+    import sqlite3
+
+    with server(tokenizer) as srv:
+        first = run(config(tmp_path), data, tmp_path / "o", "--endpoint", srv.base_url, "--tokenizer",
+                    str(tokenizer), "--run-id", "completions")
+        second = run(config(tmp_path), data, tmp_path / "o", "--backend", "chat", "--endpoint", srv.base_url,
+                     "--run-id", "chat")
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert _tree(tmp_path / "o" / "completions") == _tree(tmp_path / "o" / "chat")
+    a, b = summary_of(tmp_path / "o", "completions"), summary_of(tmp_path / "o", "chat")
+    assert sorted(a) == sorted(b)
+    assert a["benchmarks"]["kmmlu_gen"]["metrics"] == b["benchmarks"]["kmmlu_gen"]["metrics"]
+    with sqlite3.connect(tmp_path / "o" / "evalchemy.db") as db:
+        rows = dict(db.execute("SELECT run_id, backend FROM runs").fetchall())
+    assert rows == {"completions": "vllm-server", "chat": "chat"}

@@ -98,12 +98,16 @@ logger = logging.getLogger("evalchemy")
               help="Print the lm_eval command each benchmark would run, in order; contacts nothing. Writes only the "
                    "task files generated for dataset entries (content-addressed, in ~/.cache/evalchemy), so that the "
                    "printed commands run as they are.")
+@click.option("--probe", is_flag=True,
+              help="With --dry-run: contact the endpoint and run the preflight's checks (the model, the completions "
+                   "or chat check, the echo check); the commands then show the settings they found, and a "
+                   "'# capabilities' line what the server takes. Sends a few one-token requests; writes nothing.")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True, help="Detail on the terminal and in the run log.")
 @click.version_option(__version__, prog_name="evalchemy")
 def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir, gpu, max_length, concurrency,
         request_timeout, include_paths, data_dir, api_key_env, notify_url, store, max_failed_requests, online, fresh, write_report, list_benchmarks,
-        validate_config, dry_run, log_level, proxy_url=None, client="evalchemy", backend_name=None):
+        validate_config, dry_run, log_level, proxy_url=None, client="evalchemy", backend_name=None, probe=False):
     """Run lm-evaluation-harness benchmarks from a config file against a vLLM endpoint.
 
     Writes OUTPUT/RUN_ID/: the run log, the errors log, one results file and one log per benchmark, and
@@ -145,21 +149,41 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
         return
     if not plan.to_run:
         raise UsageError(f"{config_file}: nothing to run: every benchmark is disabled or lists only disabled tasks")
-    if dry_run:
+    if probe and not dry_run:
+        raise UsageError("--probe goes with --dry-run: it checks the endpoint and prints the commands it would run")
+    if dry_run and not probe:
         for warning in cfg.warnings:
             click.echo(f"warning: {warning}", err=True)
         settings = dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency, request_timeout,
                                     max_length, gpu)
         print_dry_run(plan, settings, output / run_id, sys.stdout)
         return
-
     if backend.requires_key and api_key is None:
         raise UsageError(f"--backend {backend.name} needs its API key: set {api_key_env} in the environment")
-    opts = _run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
-                        request_timeout, log_level, max_failed_requests, online, proxy_url, store, more_endpoints,
-                        client)
-    opts = replace(opts, backend=backend.name)
+    opts = replace(_run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
+                                request_timeout, log_level, max_failed_requests, online, proxy_url, store,
+                                more_endpoints, client), backend=backend.name)
+    if probe:
+        _probe(opts, plan, api_key, backend)
+        return
     _start_run(opts, cfg, plan, index, api_key, notify_secrets, notify_url, fresh, write_report)
+
+
+def _probe(opts, plan, api_key, backend) -> None:
+    """--dry-run --probe: the preflight's checks against the endpoint, then the commands with what they found."""
+    import json
+
+    from evalchemy.execution.preflight import check_tasks, preflight
+
+    if backend.runs_here:
+        raise UsageError(f"--probe checks a server at --endpoint; the {backend.name} backend runs on this machine "
+                         "(drop --probe: --dry-run shows its commands)")
+    check_tasks(plan, backend)
+    found = preflight(opts, plan, api_key, backend=backend)
+    sys.stdout.write(f"# backend {backend.name} at {found.endpoint.display}, model {found.model}, tokenizer "
+                     f"{found.tokenizer.path or found.tokenizer.backend}\n")
+    sys.stdout.write(f"# capabilities: {json.dumps(found.capabilities, sort_keys=True)}\n")
+    print_dry_run(plan, found.model_settings, opts.run_dir, sys.stdout)
 
 
 def _run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
