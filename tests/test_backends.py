@@ -371,3 +371,10 @@ def test_switching_backend_keeps_the_results_tree_summary_and_store_records(tmp_
     with sqlite3.connect(tmp_path / "o" / "evalchemy.db") as db:
         rows = dict(db.execute("SELECT run_id, backend FROM runs").fetchall())
     assert rows == {"completions": "vllm-server", "chat": "chat"}
+    compared = subprocess.run([str(PROJECT / "run_evalchemy.sh"), "compare", "completions", "chat", "--json",
+                               "--output", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr
+    result = json.loads(compared.stdout)
+    assert result["backends"] == {"a": "vllm-server", "b": "chat"}
+    assert [(r["benchmark"], r["a"], r["b"], r["delta"]) for r in result["rows"]] == [
+        ("kmmlu_gen", pytest.approx(0.8), pytest.approx(0.8), 0.0)]

@@ -114,6 +114,10 @@ def _hint_when_missing():
         raise NotInStore(f"{err.message}: {hint}", err.what) from None
 
 
+def _titled(run_id: str, backend: str | None) -> str:
+    return f"{run_id} ({backend})" if backend else run_id
+
+
 def _verdict(row) -> str:
     if not row.comparable:
         return "not comparable"
@@ -205,7 +209,8 @@ def compare(run_a, run_b, as_json, markdown, show_flips, fail_on_regression, alp
         click.echo(_markdown(comparison, show_flips), nl=False)
     else:
         console = _console()
-        table = Table(title=f"{comparison.a} → {comparison.b}")
+        table = Table(title=f"{_titled(comparison.a, comparison.backends.get('a'))} → "
+                            f"{_titled(comparison.b, comparison.backends.get('b'))}")
         for column in COMPARE_COLUMNS:
             table.add_column(column, justify="right" if column in ("A", "B", "Δ points", "n", "p", "p (Holm)")
                              else "left")

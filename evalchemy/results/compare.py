@@ -66,13 +66,15 @@ class Comparison:
     threshold: float
     rows: list[Row] = field(default_factory=list)
     flips: list[Flip] = field(default_factory=list)
+    backends: dict[str, str | None] = field(default_factory=dict)  # "a"/"b" -> the backend each run used
 
     @property
     def regressions(self) -> list[Row]:
         return [r for r in self.rows if r.regression]
 
     def to_json(self, flips: int | None = None) -> dict:
-        return {"a": self.a, "b": self.b, "alpha": self.alpha, "threshold_points": self.threshold,
+        return {"a": self.a, "b": self.b, "backends": self.backends, "alpha": self.alpha,
+                "threshold_points": self.threshold,
                 "rows": [asdict(r) for r in self.rows],
                 "flips": [asdict(f) for f in (self.flips if flips is None else self.flips[:flips])],
                 "flips_total": len(self.flips)}
@@ -173,7 +175,8 @@ def _doc_order(doc_id: str):
 
 
 def compare(a: RunData, b: RunData, alpha: float = 0.05, threshold: float = 0.0) -> Comparison:
-    result = Comparison(a=a.run_id, b=b.run_id, alpha=alpha, threshold=threshold)
+    result = Comparison(a=a.run_id, b=b.run_id, alpha=alpha, threshold=threshold,
+                        backends={"a": a.backend, "b": b.backend})
     for name in sorted(set(a.benchmarks) | set(b.benchmarks)):
         bench_a, bench_b = a.benchmarks.get(name) or {}, b.benchmarks.get(name) or {}
         subjects_a = {s["subject"]: s for s in a.subjects if s["benchmark"] == name}

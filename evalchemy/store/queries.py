@@ -40,6 +40,7 @@ class RunData:
     status: str
     finished_at: str | None
     benchmarks: dict[str, dict] = field(default_factory=dict)  # name -> row of the benchmarks table
+    backend: str | None = None
     scores: list[dict] = field(default_factory=list)
     subjects: list[dict] = field(default_factory=list)
     samples: list[dict] = field(default_factory=list)
@@ -52,10 +53,12 @@ def _rows(connection: sa.Connection, table: sa.Table, run_id: str) -> list[dict]
 
 def load_run(connection: sa.Connection, run_id: str, url: str) -> RunData:
     run = connection.execute(sa.select(schema.runs.c.run_id, schema.runs.c.model, schema.runs.c.status,
-                                       schema.runs.c.finished_at).where(schema.runs.c.run_id == run_id)).first()
+                                       schema.runs.c.finished_at, schema.runs.c.backend)
+                             .where(schema.runs.c.run_id == run_id)).first()
     if run is None:
         raise NotInStore(f"run {run_id!r} is not in the store {db.display(url)}", "run")
     return RunData(run_id=run.run_id, model=run.model, status=run.status, finished_at=run.finished_at,
+                   backend=run.backend,
                    benchmarks={r["benchmark"]: r for r in _rows(connection, schema.benchmarks, run_id)},
                    scores=_rows(connection, schema.scores, run_id),
                    subjects=_rows(connection, schema.subjects, run_id),
