@@ -133,9 +133,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each control command (median reported)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the slow loop of plain lm_eval calls")
     parser.add_argument("--scale", action="store_true", help="only the real shapes, lean client beside lm-eval's")
+    parser.add_argument("--only", action="append", choices=SCALE_PARTS, metavar="PART",
+                        help=f"with --scale: only these parts (repeatable; {', '.join(SCALE_PARTS)})")
     opts = parser.parse_args()
     if opts.scale:
-        return scale()
+        return scale(set(opts.only or SCALE_PARTS))
 
     work = Path(tempfile.mkdtemp(prefix="evalchemy-bench-"))
     tasks = work / "tasks"
@@ -263,7 +265,10 @@ def client_alone(tokenizer: Path, context_words: int, n_questions: int) -> dict[
         srv.wait()
 
 
-def scale() -> int:
+SCALE_PARTS = ("alone", "ceiling", "saturation", "subjects", "samples")
+
+
+def scale(parts: set[str] = set(SCALE_PARTS)) -> int:
     """The real shapes, each run once per client on a fresh test server:
     - client ceiling: 400 short prompts and 2,000 prompts of ~600 tokens against a zero-latency server;
     - saturation: 20,000 prompts of ~600 tokens, 20 ms latency, capacity 64 (ideal = 20,000 x 20 ms / 64);
@@ -288,7 +293,7 @@ def scale() -> int:
         write_task(tasks, name, 200, context_words=40, tag=i)
     write_generation_task(tasks, "scale_samples", 50000)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {work}", flush=True)
-    for label, words, n in (("short prompts", 0, 500), ("~600-token prompts", 590, 500)):
+    for label, words, n in (("short prompts", 0, 500), ("~600-token prompts", 590, 500)) if "alone" in parts else ():
         for client, (by_wall, by_cpu) in client_alone(tokenizer, words, n).items():
             print(f"[{client}] client alone, {label}: {by_wall:.0f} prompts/s wall (server in its own process), "
                   f"{by_cpu:.0f} prompts/s of client CPU (target >= {2000 if not words else 800})", flush=True)
@@ -306,14 +311,14 @@ def scale() -> int:
             return {"wall": wall, "peak_mb": peak_kb / 1024, "span": busy_span(srv), "prompts": prompts(srv),
                     "requests": task_requests(srv), "tail": ended - last_answer, "started": started}
 
-    for client, args in CLIENTS:
+    for client, args in CLIENTS if "ceiling" in parts else ():
         r = run(args, ["scale_short"], f"ceil-short-{client}")
         print(f"[{client}] client ceiling, short prompts: {r['prompts'] / r['span']:.0f} prompts/s "
               f"({r['prompts']} prompts in {r['requests']} requests in {r['span']:.2f} s; target >= 2,000)", flush=True)
         r = run(args, ["scale_long_ceiling"], f"ceil-long-{client}")
         print(f"[{client}] client ceiling, ~600-token prompts: {r['prompts'] / r['span']:.0f} prompts/s "
               f"({r['prompts']} prompts in {r['requests']} requests in {r['span']:.2f} s; target >= 800)", flush=True)
-    for client, args in CLIENTS:
+    for client, args in CLIENTS if "saturation" in parts else ():
         latency, capacity = 0.02, 64
         r = run(args, ["scale_long"], f"sat-{client}", latency=latency, capacity=capacity,
                 extra=("--concurrency", "16"))
@@ -321,14 +326,14 @@ def scale() -> int:
         print(f"[{client}] saturation, {r['prompts']} prompts of ~600 tokens, 20 ms, capacity 64: {r['span']:.2f} s "
               f"server-side, ideal {ideal:.2f} s, ideal/runner {ideal / r['span']:.3f} (target >= 0.95); "
               f"wall {r['wall']:.1f} s", flush=True)
-    for client, args in CLIENTS:
+    for client, args in CLIENTS if "subjects" in parts else ():
         cfg = work / f"subjects-{client}.json"
         cfg.write_text(json.dumps({"benchmarks": {"kmmlu45": {"enabled": True, "tasks": subjects}},
                                    "tasks": {n: {"enabled": True, "tasks": [n]} for n in subjects}}))
         r = run(args, [], f"subjects-{client}", config=cfg)
         print(f"[{client}] 45 subjects x 200 questions ({r['prompts']} prompts): wall {r['wall']:.1f} s, server busy "
               f"{r['span']:.1f} s, runner overhead per task {(r['wall'] - r['span']) / 45:.3f} s (target <= 0.15 s)", flush=True)
-    for client, args in CLIENTS:
+    for client, args in CLIENTS if "samples" in parts else ():
         cfg = work / f"samples-{client}.json"
         cfg.write_text(json.dumps({"benchmarks": {"samples": {"enabled": True, "tasks": ["samples"]}},
                                    "tasks": {"samples": {"enabled": True, "tasks": ["scale_samples"],

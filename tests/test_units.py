@@ -276,3 +276,30 @@ def test_queue_worker_gives_its_endpoint_only_to_runs_that_reach_a_server(tmp_pa
     assert endpoints(["--backend=local"], plain) == []
     assert endpoints([], in_config) == []
     assert endpoints(["--backend", "vllm-server"], in_config) == ["http://box:8000"]
+
+
+def test_lm_eval_templates_compile_once_and_render_as_lm_eval_does():
+    """The worker's template cache: every string equals lm-eval's own rendering, and a template text is compiled
+    once however many documents it renders."""
+    from lm_eval import utils
+
+    from evalchemy.engines.lm_eval import templates
+
+    stock = utils.apply_template
+    cases = [("{{question.strip()}}\nA. {{A}}\n정답：", {"question": " 보험료 는 ? ", "A": "위험률"}),
+             ("{{['A', 'B', 'C', 'D'][gold]}}", {"gold": 2}),
+             ("{{text | regex_replace('a+', 'b')}}", {"text": "caaat"}),
+             ("{{choices}}", {"choices": ["x", "y"]})]
+    expected = [stock(template, doc) for template, doc in cases]
+    try:
+        templates.install()
+        cached = utils.apply_template
+        assert cached is not stock and getattr(cached, "evalchemy_cached", False)
+        for _ in range(3):
+            assert [utils.apply_template(template, doc) for template, doc in cases] == expected
+        info = cached.compiled.cache_info()
+        assert (info.misses, info.hits) == (len(cases), 2 * len(cases))
+        templates.install()  # a second install keeps the first
+        assert utils.apply_template is cached
+    finally:
+        utils.apply_template = stock

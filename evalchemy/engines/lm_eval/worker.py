@@ -26,7 +26,7 @@ from pathlib import Path
 
 from evalchemy import proxy, redaction
 from evalchemy.results.stats import sample_stats
-from evalchemy.engines.lm_eval import failures
+from evalchemy.engines.lm_eval import failures, templates
 from evalchemy.engines.lm_eval.accounting import RequestStats, no_progress_bars
 from evalchemy.engines.lm_eval.protocol import Answer, Job
 from evalchemy.backends.echo_check import ECHO_MODEL
@@ -136,6 +136,7 @@ def main() -> int:
     answers = os.fdopen(result_fd, "w", encoding="utf-8", buffering=1)
     runner = JobRunner()
     no_progress_bars()
+    templates.install()
     stats = RequestStats.from_env()
     stats.install()
     failures.install()
