@@ -24,7 +24,8 @@ from evalchemy.cli.common import (  # noqa: F401 - _load is part of the commands
 )
 from evalchemy.cli.render import TerminalEvents, dry_run_settings, print_benchmarks, print_dry_run, print_scores
 from evalchemy.cli.transfer_commands import export_data, export_main, import_data, import_main  # noqa: F401
-from evalchemy.errors import ConfigError, EvalchemyError, UsageError, cli_words
+from evalchemy.cli.choose import check_endpoints, check_tasks, check_url_syntax, probe as probe_endpoint
+from evalchemy.errors import EvalchemyError, UsageError
 
 logger = logging.getLogger("evalchemy")
 
@@ -131,11 +132,11 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key, notify_secrets = _secrets(api_key_env, notify_url)
     includes = _include_paths(include_paths)
-    _check_url_syntax(endpoint, more_endpoints)
+    check_url_syntax(endpoint, more_endpoints)
     cfg, index = _load(config_file, includes)
     chosen = cfg.model  # the config's model section; flags override it
     endpoint, model, tokenizer = endpoint or chosen.endpoint, model or chosen.name, tokenizer or chosen.tokenizer
-    backend, endpoint, endpoint_urls, proxy_url, batch_size = _check_endpoints(
+    backend, endpoint, endpoint_urls, proxy_url, batch_size = check_endpoints(
         endpoint, more_endpoints, proxy_url, batch_size, backend_name or chosen.backend)
     local_tasks = plan_mod.LocalTasks(data_dir=resolve_data_dir(data_dir), home=home(),
                                       write_files=not (validate_config or list_benchmarks))
@@ -143,7 +144,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
                                concurrency=concurrency)
 
     if validate_config or dry_run:  # a run finds the same at its preflight (exit 3, with a summary)
-        _check_tasks(plan, backend, config_file)
+        check_tasks(plan, backend, config_file)
     if validate_config or list_benchmarks:
         _show_config(cfg, plan, config_file, validate_config)
         return
@@ -152,38 +153,25 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     if probe and not dry_run:
         raise UsageError("--probe goes with --dry-run: it checks the endpoint and prints the commands it would run")
     if dry_run and not probe:
-        for warning in cfg.warnings:
-            click.echo(f"warning: {warning}", err=True)
-        settings = dry_run_settings(plan, endpoint_urls, backend, model, tokenizer, concurrency, request_timeout,
-                                    max_length, gpu)
-        print_dry_run(plan, settings, output / run_id, sys.stdout)
-        return
+        return _dry_run(cfg, plan, output / run_id, endpoint_urls, backend, model, tokenizer, concurrency,
+                        request_timeout, max_length, gpu)
     if backend.requires_key and api_key is None:
         raise UsageError(f"--backend {backend.name} needs its API key: set {api_key_env} in the environment")
     opts = replace(_run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
                                 request_timeout, log_level, max_failed_requests, online, proxy_url, store,
                                 more_endpoints, client), backend=backend.name)
     if probe:
-        _probe(opts, plan, api_key, backend)
+        probe_endpoint(opts, plan, api_key, backend)
         return
     _start_run(opts, cfg, plan, index, api_key, notify_secrets, notify_url, fresh, write_report)
 
 
-def _probe(opts, plan, api_key, backend) -> None:
-    """--dry-run --probe: the preflight's checks against the endpoint, then the commands with what they found."""
-    import json
-
-    from evalchemy.execution.preflight import check_tasks, preflight
-
-    if backend.runs_here:
-        raise UsageError(f"--probe checks a server at --endpoint; the {backend.name} backend runs on this machine "
-                         "(drop --probe: --dry-run shows its commands)")
-    check_tasks(plan, backend)
-    found = preflight(opts, plan, api_key, backend=backend)
-    sys.stdout.write(f"# backend {backend.name} at {found.endpoint.display}, model {found.model}, tokenizer "
-                     f"{found.tokenizer.path or found.tokenizer.backend}\n")
-    sys.stdout.write(f"# capabilities: {json.dumps(found.capabilities, sort_keys=True)}\n")
-    print_dry_run(plan, found.model_settings, opts.run_dir, sys.stdout)
+def _dry_run(cfg, plan, run_dir: Path, *settings_from) -> None:
+    """--dry-run: the config's warnings, then each lm_eval command (settings from the flags, placeholders for the
+    rest)."""
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    print_dry_run(plan, dry_run_settings(plan, *settings_from), run_dir, sys.stdout)
 
 
 def _run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, max_length, concurrency,
@@ -224,77 +212,6 @@ def _secrets(api_key_env: str, notify_url: str | None) -> tuple[str | None, tupl
     if api_key is None and api_key_env != "OPENAI_API_KEY":
         raise UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
     return api_key, notify_secrets
-
-
-def _check_url_syntax(*endpoints) -> None:
-    """A malformed --endpoint URL is a usage error before anything else is read (the route is checked later, when
-    the backend is known)."""
-    from evalchemy.backends.endpoint import normalize
-
-    for endpoint in endpoints:
-        for url in endpoint if isinstance(endpoint, tuple) else (endpoint,):
-            if url and url != "local":
-                normalize(url, route="chat")
-
-
-def _backend(endpoint: str | None, name: str | None):
-    """The backend named (or, unnamed, the one ``endpoint`` picks) and the endpoint it uses."""
-    from evalchemy.backends.registry import BACKENDS, backend_for
-
-    try:
-        backend = backend_for(endpoint, name)
-    except LookupError:
-        raise UsageError(f"--backend {name}: no such backend; choose one of: {', '.join(BACKENDS)}") from None
-    if backend.runs_here and endpoint not in (None, backend.endpoint_name):
-        raise UsageError(f"--backend {backend.name} starts its model on this machine and takes no URL: drop "
-                         "--endpoint")
-    if not backend.runs_here and endpoint == "local":
-        raise UsageError(f"--endpoint local is the embedded model, not a {backend.name} endpoint: pass a URL, or "
-                         "--backend local")
-    if backend.runs_here:
-        endpoint = backend.endpoint_name
-    return backend, endpoint or backend.default_endpoint
-
-
-def _check_tasks(plan, backend, config_file: Path) -> None:
-    """Every enabled task can run on this backend: checked without a server (exit 2, a config that cannot run)."""
-    if backend.loglikelihood:
-        return
-    from evalchemy.execution.preflight import task_problems
-
-    problems = task_problems(plan, backend)
-    if problems:
-        raise ConfigError(str(config_file), [cli_words("\n  ".join(problems))])
-
-
-def _check_endpoints(endpoint, more_endpoints, proxy_url, batch_size, backend_name=None):
-    """The backend (named, or picked by ``--endpoint``), its endpoint and normalized URLs, the checked ``--proxy``
-    and the batch size it allows; a malformed URL is a usage error, checked first."""
-    from evalchemy.backends.registry import backend_for
-
-    backend, endpoint = _backend(endpoint, backend_name)
-    # a malformed URL is a usage error, checked first
-    endpoint_urls = backend.normalize(endpoint) if endpoint and not backend.runs_here else None
-    for extra in more_endpoints:
-        if backend.runs_here or backend_for(extra).runs_here:
-            raise UsageError("--endpoint local cannot be combined with other endpoints: give only remote servers")
-        backend.normalize(extra)
-    if proxy_url is not None:
-        from evalchemy.proxy import check
-
-        if backend.runs_here:
-            raise UsageError(f"--proxy is for a remote endpoint: {backend.description} runs on this "
-                             "machine and is always reached directly; drop --proxy")
-        try:
-            proxy_url = check(proxy_url)
-        except ValueError as err:
-            raise UsageError(f"--proxy {proxy_url.rsplit('@', 1)[-1]!r}: {err}") from None
-    if backend.one_request_at_a_time or backend.one_prompt_per_request:
-        if batch_size not in (None, 1):
-            logger.warning("--endpoint %s serves one prompt per request: --batch-size %d is ignored", endpoint,
-                           batch_size)
-        batch_size = 1
-    return backend, endpoint, endpoint_urls, proxy_url, batch_size
 
 
 def _show_config(cfg, plan, config_file: Path, validate_config: bool) -> None:
