@@ -84,6 +84,21 @@ def test_both_clients_give_identical_results_files_and_counts(assets, write_conf
     for name, path in fast_files.items():
         if not path.name.startswith("evalchemy_summary"):  # compared above, field by field (durations differ)
             assert _normalised(path, fast_root) == _normalised(stock_files[name], stock_root), name
+    # the request cache holds the same answers under the same keys (the lean client writes a request's at once)
+    fast_cache, stock_cache = _cache_rows(fast_root), _cache_rows(stock_root)
+    assert len(fast_cache) > 20  # every task's answers: dozens of prompts
+    assert fast_cache == stock_cache
+
+
+def _cache_rows(root: Path) -> dict[str, bytes]:
+    """Every entry of the run's lm-eval request cache (SqliteDict tables: key, pickled answer)."""
+    import sqlite3
+
+    rows = {}
+    for db in sorted((root / "r" / ".request_cache").rglob("*.db")):
+        with sqlite3.connect(db) as connection:
+            rows.update(dict(connection.execute('SELECT key, value FROM "unnamed"')))
+    return rows
 
 
 def test_rolling_log_likelihood_with_requests_in_flight(assets, write_config, tmp_path):

@@ -4,8 +4,9 @@ It is lm-eval's ``local-completions`` (``LocalCompletionsAPI``: same payloads, s
 answer parsing, same request cache, so tasks, metrics, scores and sample files are unchanged) with the per-request
 hot path rewritten: the payload is serialised and the answer parsed with orjson (a C parser; an echoed 600-token
 answer with its top log-probabilities is most of the client's time in the stock client, which parses it with the
-standard library through aiohttp), the generation arguments are copied only when there are any, and the
-log-likelihood prompts are tokenized in one batch call per task (each shared context once).
+standard library through aiohttp), the generation arguments are copied only when there are any, a request's answers
+go into the request cache in one write (one commit, not one per prompt), and the log-likelihood prompts are
+tokenized in one batch call per task (each shared context once).
 
 One behaviour differs, on purpose: ``loglikelihood_rolling`` with more than one request in flight. The stock client
 hands the request cache the rolling windows' empty keys and fails (``TypeError: 'NoneType' object is not iterable``);
@@ -27,6 +28,7 @@ import json
 import logging
 
 import orjson
+from lm_eval.api.model import hash_args
 from lm_eval.api.registry import register_model
 from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
@@ -106,10 +108,7 @@ class FastCompletionsAPI(LocalCompletionsAPI):
                     a = placeholder
                 answers.append(a)
             if cache_keys:
-                add = self.cache_hook.add_partial
-                for res, cache in zip(answers, cache_keys, strict=False):
-                    if cache is not None:  # loglikelihood_rolling's pieces: lm-eval caches the whole text itself
-                        add(cache_method, cache, res)
+                _cache(self.cache_hook, cache_method, answers, cache_keys)
             return answers
         except BaseException as e:
             eval_logger.error(f"Exception:{e!r}, {locals().get('outputs', '(no outputs)')}, retrying.")
@@ -117,6 +116,19 @@ class FastCompletionsAPI(LocalCompletionsAPI):
         finally:
             if acquired:
                 sem.release()
+
+
+def _cache(hook, method: str, answers: list, cache_keys: list) -> None:
+    """The request's answers into lm-eval's request cache under the keys ``add_partial`` uses, in one write and one
+    commit for the request instead of one per prompt (the cache commits every write)."""
+    dbdict = getattr(hook, "dbdict", None)
+    if dbdict is None:
+        return
+    # loglikelihood_rolling's pieces have no key: lm-eval caches the whole text itself
+    items = {hash_args(method, key): answer for answer, key in zip(answers, cache_keys, strict=False)
+             if key is not None}
+    if items:
+        dbdict.update(items)
 
 
 def _loads(raw: bytes):
