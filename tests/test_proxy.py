@@ -146,7 +146,7 @@ def test_proxy_flag_routes_every_request_through_the_proxy(assets, write_config,
     finally:
         proxy.close()
     paths = {path for _, path in proxy.forwarded}
-    assert paths == {"/v1/models", "/tokenizer_info", "/tokenize", "/v1/completions"}
+    assert paths == {"/v1/models", "/version", "/tokenizer_info", "/tokenize", "/v1/completions"}
     assert [p for _, p in proxy.forwarded].count("/v1/completions") == completions > 0
     assert env_proxy.connections == 0
 
