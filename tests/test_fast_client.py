@@ -160,3 +160,33 @@ def test_both_clients_fail_and_count_the_same_way(assets, write_config, tmp_path
         for name, bench in (("fast", fast), ("stock", stock)):
             assert bench["requests"]["failed_attempts"] >= 1
             assert arrived[name] <= bench["requests"]["sent"] <= arrived[name] + 4
+
+
+def test_chunked_tokenizing_gives_the_ids_of_one_call(assets, monkeypatch):
+    """A task's prompts are tokenized a chunk at a time (memory): the ids equal lm-eval's one-call ids, for
+    generation contexts (tok_encode of a list) and for the log-likelihood pairs read from the memo."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from evalchemy.engines.lm_eval import fast_client
+
+    monkeypatch.setattr(fast_client, "ENCODE_CHUNK", 3)
+    args = dict(base_url="http://127.0.0.1:9/v1/completions", model="m", tokenizer=str(assets["tokenizer"]),
+                tokenizer_backend="huggingface", tokenized_requests=True)
+    fast, stock = fast_client.FastCompletionsAPI(**args), LocalCompletionsAPI(**args)
+    texts = [f"Question: Which city is the capital of {c}?\nAnswer:" for c in
+             ("France", "Italy", "Germany", "Spain", "Norway", "Austria", "France ", "Oslo")]
+    assert fast.tok_encode(texts) == stock.tok_encode(texts) and len(stock.tok_encode(texts)) == 8
+
+    seen = {}
+
+    def pairs(self, requests, disable_tqdm=False):  # stands in for lm-eval's loglikelihood: the ids it would use
+        seen["ids"] = [self._encode_pair(context, continuation) for context, continuation in
+                       (r.args for r in requests)]
+        return []
+
+    monkeypatch.setattr(LocalCompletionsAPI, "loglikelihood", pairs)
+    requests = [Instance("loglikelihood", {}, (text, f" {word}"), idx=i)
+                for i, (text, word) in enumerate(zip(texts, ["Paris", "Rome", "Berlin", "Madrid"] * 2))]
+    fast.loglikelihood(requests)
+    assert seen["ids"] == [stock._encode_pair(*r.args) for r in requests]

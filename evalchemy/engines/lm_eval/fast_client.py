@@ -36,6 +36,7 @@ from lm_eval.models.openai_completions import LocalCompletionsAPI
 MODEL_NAME = "evalchemy-completions"
 eval_logger = logging.getLogger("lm_eval.models.api_models")  # lm-eval's own logger: same warnings, same place
 _JSON_HEADERS = {"Content-Type": "application/json"}
+ENCODE_CHUNK = 1024  # prompts tokenized per call when lm-eval hands over a whole task's
 
 
 @register_model(MODEL_NAME)
@@ -59,8 +60,10 @@ class FastCompletionsAPI(LocalCompletionsAPI):
                     wanted[context] = wanted[context + continuation] = None
             if wanted:
                 strings = list(wanted)
-                ids = self.tokenizer(strings, add_special_tokens=bool(self.add_bos_token), truncation=False,
-                                     return_attention_mask=False).input_ids
+                ids = []
+                for start in range(0, len(strings), ENCODE_CHUNK):  # a chunk at a time: see tok_encode
+                    ids += self.tokenizer(strings[start:start + ENCODE_CHUNK], add_special_tokens=bool(
+                        self.add_bos_token), truncation=False, return_attention_mask=False).input_ids
                 self._memo = dict(zip(strings, ids, strict=True))
         try:
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
@@ -74,6 +77,15 @@ class FastCompletionsAPI(LocalCompletionsAPI):
             found = memo.get(string)
             if found is not None:
                 return list(found)
+        if isinstance(string, (list, tuple)) and len(string) > ENCODE_CHUNK and not kwargs:
+            # lm-eval encodes every prompt of a task in one call: the tokenizer's objects for 50,000 prompts at once
+            # are ~50 MB the process keeps after they are freed; the same ids, a chunk at a time
+            encoded = []
+            for start in range(0, len(string), ENCODE_CHUNK):
+                encoded += super().tok_encode(list(string[start:start + ENCODE_CHUNK]),
+                                              left_truncate_len=left_truncate_len,
+                                              add_special_tokens=add_special_tokens, truncation=truncation)
+            return encoded
         return super().tok_encode(string, left_truncate_len=left_truncate_len,
                                   add_special_tokens=add_special_tokens, truncation=truncation, **kwargs)
 
