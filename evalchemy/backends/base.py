@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from evalchemy.backends.endpoint import Endpoint, normalize
+
 
 class Backend:
     """A way of reaching a model through lm-eval's completions client. One instance serves one run."""
@@ -40,10 +42,8 @@ class Backend:
         chosen by name."""
         return False
 
-    def normalize(self, url: str):
-        """The checked URLs of an endpoint of this backend (an ``Endpoint``); UsageError when malformed."""
-        from evalchemy.backends.endpoint import normalize
-
+    def normalize(self, url: str) -> Endpoint:
+        """The checked URLs of an endpoint of this backend; UsageError when malformed."""
         return normalize(url)
 
     def worker_python(self) -> str | None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
-from evalchemy import proxy as proxy_mod
 from evalchemy.backends.base import Backend
+from evalchemy.backends.endpoint import Endpoint, normalize
+from evalchemy.backends.http import call_json
 from evalchemy.errors import PreflightError, setting
 
 LM_EVAL_MODEL = "local-chat-completions"
@@ -53,13 +53,8 @@ def probe(chat_url: str, display: str, model: str, api_key: str | None, proxy: s
     """One chat request of one token. Raises PreflightError naming the check that failed and what to do."""
     body = {"model": model, "messages": [{"role": "user", "content": PROBE_MESSAGE}], "max_tokens": 1,
             "temperature": 0}
-    request = urllib.request.Request(chat_url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with proxy_mod.opener(proxy).open(request, timeout=timeout) as response:  # http(s) only, checked before
-            answer = json.loads(response.read().decode("utf-8"))
+        answer = call_json(chat_url, api_key, timeout, proxy, body)
     except urllib.error.HTTPError as err:
         text = _error_text(err)
         if err.code in (404, 405):
@@ -99,7 +94,5 @@ class ChatBackend(Backend):
     lm_eval_model = LM_EVAL_MODEL
     preflight_kind = "chat"
 
-    def normalize(self, url: str):
-        from evalchemy.backends.endpoint import normalize
-
+    def normalize(self, url: str) -> Endpoint:
         return normalize(url, route="chat")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from evalchemy import hfcache, proxy as proxy_mod
+from evalchemy import hfcache
 from evalchemy.redaction import redact_url as _redact, strip_credentials  # noqa: F401 - re-exported
 from evalchemy.backends.base import Backend
 from evalchemy.backends.endpoint import Endpoint, normalize  # noqa: F401 - re-exported
+from evalchemy.backends.http import call_json
 from evalchemy.errors import PreflightError, setting
 
 _TOKENIZER = setting("tokenizer")
@@ -24,19 +23,11 @@ PREFLIGHT_TIMEOUT_S = 5.0
 TOKENIZER_FILES = hfcache.TOKENIZER_FILES
 
 
-def _get_json(url: str, api_key: str | None, timeout: float, proxy: str | None = None) -> object:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    with proxy_mod.opener(proxy).open(request, timeout=timeout) as response:  # http(s) only, checked above
-        return json.loads(response.read().decode("utf-8"))
-
-
 def fetch_models(endpoint: Endpoint, api_key: str | None = None, timeout: float = PREFLIGHT_TIMEOUT_S) -> list[dict]:
     """``GET /v1/models``; raises PreflightError with the URL and the reason."""
     where = endpoint.display_models_url
     try:
-        body = _get_json(endpoint.models_url, api_key, timeout, endpoint.proxy)
+        body = call_json(endpoint.models_url, api_key, timeout, endpoint.proxy)
     except urllib.error.HTTPError as err:
         hint = " (check OPENAI_API_KEY)" if err.code in (401, 403) else ""
         raise PreflightError(f"endpoint {where} answered HTTP {err.code} {err.reason}{hint}") from None
@@ -94,7 +85,7 @@ def hf_cache_has(repo_id: str) -> bool:
 def has_tokenizer_endpoints(endpoint: Endpoint, api_key: str | None = None) -> bool:
     """vLLM serves /tokenizer_info only when started with --enable-tokenizer-info-endpoint."""
     try:
-        info = _get_json(f"{endpoint.server_base}/tokenizer_info", api_key, PREFLIGHT_TIMEOUT_S, endpoint.proxy)
+        info = call_json(f"{endpoint.server_base}/tokenizer_info", api_key, PREFLIGHT_TIMEOUT_S, endpoint.proxy)
     except (OSError, ValueError):
         return False
     return isinstance(info, dict)

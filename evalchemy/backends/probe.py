@@ -10,13 +10,11 @@ The echo of log-probabilities, which multiple-choice tasks need, is checked by `
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, replace
 
-from evalchemy import proxy as proxy_mod
+from evalchemy.backends.http import call_json
 from evalchemy.errors import PreflightError
 
 logger = logging.getLogger(__name__)
@@ -37,12 +35,8 @@ class CompletionsProbe:
 
 def vllm_version(server_base: str, api_key: str | None, timeout: float, proxy: str | None) -> str | None:
     """vLLM's version from ``GET /version``; None when the server does not answer it as vLLM does."""
-    request = urllib.request.Request(f"{server_base}/version", headers={"Accept": "application/json"})
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with proxy_mod.opener(proxy).open(request, timeout=timeout) as response:
-            body = json.loads(response.read().decode("utf-8"))
+        body = call_json(f"{server_base}/version", api_key, timeout, proxy)
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     version = body.get("version") if isinstance(body, dict) and len(body) == 1 else None
@@ -51,13 +45,8 @@ def vllm_version(server_base: str, api_key: str | None, timeout: float, proxy: s
 
 def _post(url: str, body: dict, api_key: str | None, timeout: float, proxy: str | None) -> tuple[int, object]:
     """(HTTP status, the JSON answer or None); connection failures raise OSError."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
     try:
-        with proxy_mod.opener(proxy).open(request, timeout=timeout) as response:  # the checked endpoint URL
-            return response.status, json.loads(response.read().decode("utf-8"))
+        return 200, call_json(url, api_key, timeout, proxy, body)
     except urllib.error.HTTPError as err:
         return err.code, None
     except (ValueError, UnicodeDecodeError):
@@ -105,7 +94,7 @@ def probe(settings, encode, api_key: str | None, endpoint):
     if not several:
         logger.warning("completions check: %s takes one prompt per request; every task sends one", display)
         settings = replace(settings, max_batch=1)
-    if not (token_ids is False or not several):
+    if token_ids is not False and several:
         logger.info("completions check: %s takes %s prompts, several per request", display,
                     "token-id" if settings.tokenized_requests else "text")
     return settings, CompletionsProbe("not vLLM", token_id_prompts=token_ids, several_prompts=several)

@@ -24,7 +24,7 @@ from evalchemy.cli.common import (  # noqa: F401 - _load is part of the commands
 )
 from evalchemy.cli.render import TerminalEvents, dry_run_settings, print_benchmarks, print_dry_run, print_scores
 from evalchemy.cli.transfer_commands import export_data, export_main, import_data, import_main  # noqa: F401
-from evalchemy.cli.choose import check_endpoints, check_tasks, check_url_syntax, probe as probe_endpoint
+from evalchemy.cli.choose import check_endpoints, check_tasks_offline, check_url_syntax, probe as probe_endpoint
 from evalchemy.errors import EvalchemyError, UsageError
 
 logger = logging.getLogger("evalchemy")
@@ -132,7 +132,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
     plan_mod.format_model_args({k: v for k, v in (("model", model), ("tokenizer", tokenizer)) if v})
     api_key, notify_secrets = _secrets(api_key_env, notify_url)
     includes = _include_paths(include_paths)
-    check_url_syntax(endpoint, more_endpoints)
+    check_url_syntax((endpoint, *more_endpoints))
     cfg, index = _load(config_file, includes)
     chosen = cfg.model  # the config's model section; flags override it
     endpoint, model, tokenizer = endpoint or chosen.endpoint, model or chosen.name, tokenizer or chosen.tokenizer
@@ -144,7 +144,7 @@ def cli(endpoint, model, tokenizer, batch_size, run_id, config_path, output_dir,
                                concurrency=concurrency)
 
     if validate_config or dry_run:  # a run finds the same at its preflight (exit 3, with a summary)
-        check_tasks(plan, backend, config_file)
+        check_tasks_offline(plan, backend, config_file)
     if validate_config or list_benchmarks:
         _show_config(cfg, plan, config_file, validate_config)
         return

@@ -13,15 +13,14 @@ from evalchemy.errors import ConfigError, UsageError, cli_words
 logger = logging.getLogger("evalchemy")
 
 
-def check_url_syntax(*endpoints) -> None:
+def check_url_syntax(urls) -> None:
     """A malformed --endpoint URL is a usage error before anything else is read (the route is checked later, when
     the backend is known)."""
     from evalchemy.backends.endpoint import normalize
 
-    for endpoint in endpoints:
-        for url in endpoint if isinstance(endpoint, tuple) else (endpoint,):
-            if url and url != "local":
-                normalize(url, route="chat")
+    for url in urls:
+        if url and url != "local":
+            normalize(url, route="chat")
 
 
 def _backend(endpoint: str | None, name: str | None):
@@ -43,7 +42,7 @@ def _backend(endpoint: str | None, name: str | None):
     return backend, endpoint or backend.default_endpoint
 
 
-def check_tasks(plan, backend, config_file: Path) -> None:
+def check_tasks_offline(plan, backend, config_file: Path) -> None:
     """Every enabled task can run on this backend: checked without a server (exit 2, a config that cannot run)."""
     if backend.loglikelihood:
         return
@@ -85,15 +84,15 @@ def check_endpoints(endpoint, more_endpoints, proxy_url, batch_size, backend_nam
 
 
 def probe(opts, plan, api_key, backend) -> None:
-    """--dry-run --probe: the preflight's checks against the endpoint, then the commands with what they found."""
+    """--dry-run --probe (the tasks already checked by ``check_tasks_offline``): the preflight's checks against the
+    endpoint, then the commands with what they found."""
     import json
 
-    from evalchemy.execution.preflight import check_tasks, preflight
+    from evalchemy.execution.preflight import preflight
 
     if backend.runs_here:
         raise UsageError(f"--probe checks a server at --endpoint; the {backend.name} backend runs on this machine "
                          "(drop --probe: --dry-run shows its commands)")
-    check_tasks(plan, backend)
     found = preflight(opts, plan, api_key, backend=backend)
     sys.stdout.write(f"# backend {backend.name} at {found.endpoint.display}, model {found.model}, tokenizer "
                      f"{found.tokenizer.path or found.tokenizer.backend}\n")

@@ -27,7 +27,7 @@ class Preflight:
     model: str
     tokenizer: endpoint_mod.TokenizerChoice
     model_settings: ModelSettings
-    capabilities: dict | None = None  # what the backend's probe found (the summary's endpoint.capabilities)
+    capabilities: dict | None = None  # what the backend's checks found (the summary's backend.capabilities)
 
 
 def preflight(opts: RunOptions, plan: Plan, api_key: str | None, backend: Backend | None = None,

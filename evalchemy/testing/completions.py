@@ -16,6 +16,9 @@ CHAT_TEMPLATE_MISSING = ("As of transformers v4.44, default chat template is no 
 class Completions:
     """``TestServer``'s completions logic (a mixin: it reads the server's settings and tokenizer)."""
 
+    def _unknown(self, model) -> bool:
+        return model is not None and model not in (self.model_name, *self.extra_models)
+
     def _check_ids(self, ids: list) -> list[int]:
         vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
         for token_id in ids:
@@ -124,7 +127,7 @@ class Completions:
     def complete(self, body: dict) -> tuple[int, dict]:
         """Answer a ``/v1/completions`` body: (HTTP status, response body)."""
         model = body.get("model")
-        if model is not None and model not in (self.model_name, *self.extra_models):
+        if self._unknown(model):
             return 404, error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)
         choices, used_in, used_out = [], 0, 0
         try:
@@ -156,7 +159,7 @@ class Completions:
         prompt; the answer is the generation rule's text (no log-probabilities). Without a chat template, vLLM's
         HTTP 400."""
         model = body.get("model")
-        if model is not None and model not in (self.model_name, *self.extra_models):
+        if self._unknown(model):
             return 404, error_body(f"The model `{model}` does not exist.", "NotFoundError", 404)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
