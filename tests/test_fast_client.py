@@ -190,3 +190,83 @@ def test_chunked_tokenizing_gives_the_ids_of_one_call(assets, monkeypatch):
                 for i, (text, word) in enumerate(zip(texts, ["Paris", "Rome", "Berlin", "Madrid"] * 2))]
     fast.loglikelihood(requests)
     assert seen["ids"] == [stock._encode_pair(*r.args) for r in requests]
+
+
+def _echo_answer(choices: list[dict]) -> bytes:
+    return json.dumps({"id": "cmpl-1", "object": "text_completion", "choices": choices}).encode()
+
+
+def _choice(index: int, logprobs, top) -> dict:
+    tokens = [f"t{i}" for i in range(len(logprobs))]
+    return {"index": index, "text": " ".join(tokens), "finish_reason": "stop",
+            "logprobs": {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": top,
+                         "text_offset": list(range(len(logprobs)))}}
+
+
+def test_lazy_echo_reader_gives_parse_logprobs_answers_or_hands_over():
+    """The lean client reads echo answers with simdjson, only the continuation's entries: on plain answers (choices
+    out of order, real-looking floats, a non-greedy token) its answers equal lm-eval's parse_logprobs of the fully
+    parsed JSON; on anything else (no log-probabilities, a null entry in the continuation, a missing index, a context
+    length of 0, not JSON) it returns None, so the full parse and lm-eval's own errors take over."""
+    import random
+
+    import simdjson
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from evalchemy.engines.lm_eval.fast_client import read_logprobs
+
+    rng = random.Random(7)
+    lps = [[None] + [-rng.random() * 10 ** rng.randint(-6, 1) for _ in range(n)] for n in (12, 30, 7)]
+    tops = [[None] + [{"x": lp} if k % 5 or n == 2 else {"x": lp, "best": -1e-9} for k, lp in enumerate(row[1:])]
+            for n, row in enumerate(lps)]  # choice 2 always greedy
+    plain = [_choice(i, lps[i], tops[i]) for i in (2, 0, 1)]  # out of order: parse_logprobs sorts by index
+    ctxlens = [4, 25, 3]
+    parser = simdjson.Parser()
+    expected = LocalCompletionsAPI.parse_logprobs(json.loads(_echo_answer(plain)), ctxlens=ctxlens)
+    assert read_logprobs(parser, _echo_answer(plain), ctxlens) == expected
+    assert [greedy for _, greedy in expected] == [False, False, True]  # both kinds are exercised
+
+    null_logprobs = [{**plain[0], "logprobs": None}, *plain[1:]]
+    null_entry = [_choice(0, lps[0][:6] + [None] + lps[0][7:], tops[0]), *plain[1:]]
+    no_index = [{k: v for k, v in plain[0].items() if k != "index"}, *plain[1:]]
+    for raw, lens in ((_echo_answer(null_logprobs), ctxlens), (_echo_answer(null_entry), ctxlens),
+                      (_echo_answer(no_index), ctxlens), (_echo_answer(plain), [0, 25, 3]),
+                      (b'{"choices": [ not json', ctxlens), (b"[]", ctxlens)):
+        assert read_logprobs(parser, raw, lens) is None
+    assert read_logprobs(parser, _echo_answer(plain), ctxlens) == expected  # the parser is still usable
+
+
+def test_request_tasks_start_in_a_window(assets):
+    """A task of many batches: the lean client keeps at most TASKS_PER_SLOT x concurrency requests started (lm-eval
+    starts all 120 at once) and returns the same answers, in the same order, as lm-eval's client."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from evalchemy.engines.lm_eval import fast_client
+
+    words = ["Paris", "Rome", "Berlin", "Madrid", "Oslo"]
+    requests = [Instance("loglikelihood", {}, (f"Question: Which city is number {i}?\nAnswer:", f" {words[i % 5]}"),
+                         idx=0) for i in range(120)]
+    calls = {"now": 0, "most": 0, "all": 0}  # request calls started and not finished
+    original = fast_client.FastCompletionsAPI.amodel_call
+
+    async def counting(self, *args, **kwargs):
+        calls["now"] += 1
+        calls["all"] += 1
+        calls["most"] = max(calls["most"], calls["now"])
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            calls["now"] -= 1
+
+    with TestServer(assets["tokenizer"], "m", answers={"favoured": ["Paris", "Oslo"]}) as srv:
+        args = dict(base_url=srv.completions_url, model="m", tokenizer=str(assets["tokenizer"]),
+                    tokenizer_backend="huggingface", tokenized_requests=True, num_concurrent=2, batch_size=1)
+        stock = LocalCompletionsAPI(**args).loglikelihood(requests, disable_tqdm=True)
+        fast_client.FastCompletionsAPI.amodel_call = counting
+        try:
+            fast = fast_client.FastCompletionsAPI(**args).loglikelihood(requests, disable_tqdm=True)
+        finally:
+            fast_client.FastCompletionsAPI.amodel_call = original
+    assert fast == stock and len(set(stock)) == 2
+    assert calls["all"] == 120 and calls["most"] == fast_client.TASKS_PER_SLOT * 2

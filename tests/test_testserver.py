@@ -666,3 +666,38 @@ def test_real_lm_eval_scores_match_the_rule(tokenizer_dir, tok, tmp_path):
     assert max(len(r["prompt"]) for r in loglikelihood) == 4
     assert sum(len(r["prompt"]) for r in generation) == len(WORDS)
     assert all("\n" in r["stop"] and r["max_tokens"] == 8 for r in generation)
+
+
+def test_capacity_slots_first_come_first_served_on_the_model_clock():
+    """Slots (the capacity model): a waiter granted freed slots starts its latency when they were freed (the
+    ``at`` of the release), not when its thread wakes; waiters are served in arrival order, so a small request does
+    not overtake a big one that waits for more slots; a stopped server ends a wait with None."""
+    from evalchemy.testing.slots import Slots
+
+    slots, closed = Slots(3), threading.Event()
+    assert slots.acquire(2, closed)[0] == 2 and slots.acquire(1, closed)[0] == 1 and slots.free == 0
+    got = {}
+
+    def wait(name, wanted):
+        got[name] = slots.acquire(wanted, closed)
+
+    big = threading.Thread(target=wait, args=("big", 3))
+    big.start()
+    while not slots._waiting:
+        time.sleep(0.01)
+    small = threading.Thread(target=wait, args=("small", 1))
+    small.start()
+    while len(slots._waiting) < 2:
+        time.sleep(0.01)
+    freed_at = time.monotonic()  # both wait already; the slots are released 0.1 s and 0.2 s later, as freed now
+    time.sleep(0.1)
+    slots.release(1, freed_at)  # one free: the big waiter (first) needs 3, so the small one must wait too
+    time.sleep(0.1)
+    assert got == {} and slots.free == 1
+    slots.release(2, freed_at)
+    big.join(timeout=5)
+    assert got["big"] == (3, freed_at) and slots.free == 0
+    assert "small" not in got and slots.peak == 3
+    closed.set()
+    small.join(timeout=5)
+    assert got["small"] is None and not slots._waiting

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Callable
 
+import orjson
+
 
 @dataclass
 class Answers:
@@ -17,6 +19,7 @@ class Answers:
     default_logprob: float = -2.0
     generations: list[dict] = field(default_factory=list)
     default_generation: str = "I do not know"
+    _echoed: tuple = field(default_factory=lambda: ({}, {}, {}), init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Answers":
@@ -41,6 +44,17 @@ class Answers:
         if self.favoured and logprob < self.favoured_logprob:
             top[min(self.favoured)] = self.favoured_logprob
         return top
+
+    def echoed_json(self, tokens: list[str]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """Prompt tokens' entries as serialised JSON: the token, its log-probability, its top_logprobs; each token's
+        computed once (a long echo is then joined bytes, not thousands of Python objects serialised one by one)."""
+        texts, logprobs, tops = self._echoed
+        for token in set(tokens).difference(texts):
+            lp = self.logprob(token)
+            texts[token], logprobs[token] = orjson.dumps(token), orjson.dumps(lp)
+            tops[token] = orjson.dumps(self.top_logprobs(token, lp))
+        return (list(map(texts.__getitem__, tokens)), list(map(logprobs.__getitem__, tokens)),
+                list(map(tops.__getitem__, tokens)))
 
     def generate(self, prompt: str, words: Callable[[str], str] = lambda s: s) -> str:
         """The first rule whose ``contains`` is in ``prompt`` (as is, or word by word through ``words``)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
+
+import orjson
 
 from evalchemy.testing.behaviour import BadRequest, error_body
 
@@ -11,6 +13,15 @@ GENERATED_TOKEN = "</s>"  # the one token an echo request generates after the pr
 DEFAULT_MAX_TOKENS = 16  # vLLM's default for /v1/completions
 CHAT_TEMPLATE_MISSING = ("As of transformers v4.44, default chat template is no longer allowed, so you must provide a "
                          "chat template if the tokenizer does not define one.")  # vLLM's words
+
+
+def _random_hex() -> str:
+    """An answer id's 32 hex digits, as vLLM's (not a secret: no system entropy call per answer)."""
+    return f"{random.getrandbits(128):032x}"
+
+
+def _array(items: list[bytes]) -> orjson.Fragment:
+    return orjson.Fragment(b"[" + b",".join(items) + b"]")
 
 
 class Completions:
@@ -21,6 +32,8 @@ class Completions:
 
     def _check_ids(self, ids: list) -> list[int]:
         vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        if ids and set(map(type, ids)) == {int} and min(ids) >= 0 and max(ids) < vocab:
+            return list(ids)  # the common case, checked without a Python step per token
         for token_id in ids:
             if not isinstance(token_id, int) or isinstance(token_id, bool):
                 raise BadRequest(f"token ids must be integers, got {token_id!r}")
@@ -55,16 +68,20 @@ class Completions:
                               f"{n_prompt + max_tokens} tokens ({n_prompt} in the messages, {max_tokens} in the "
                               "completion). Please reduce the length of the messages or completion.")
 
-    def _logprobs(self, tokens: list[str], offsets: list[int], n_prompt: int) -> dict:
-        """Echoed prompt tokens (the first has none, as in vLLM) then generated ones, which are the greedy
-        choice at every step, so their top_logprobs hold only themselves."""
-        token_logprobs: list[float | None] = []
-        top: list[dict | None] = []
-        for i, token in enumerate(tokens):
-            lp = None if i == 0 and n_prompt else self.answers.logprob(token)
-            token_logprobs.append(lp)
-            top.append(None if lp is None else self.answers.top_logprobs(token, lp) if i < n_prompt else {token: lp})
-        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+    def _logprobs(self, ids: list[int], offsets: list[int], generated: list[str]) -> dict:
+        """The prompt's tokens (the first has no log-probability, as in vLLM), then the generated ones, which are
+        the greedy choice at every step, so their top_logprobs hold only themselves. The lists go out as JSON
+        fragments joined from each prompt token's serialised entries (tables by token id, built once)."""
+        texts, token_logprobs, top = (list(map(table.__getitem__, ids)) for table in self._echo_tables())
+        if ids:
+            token_logprobs[0] = top[0] = b"null"
+        for token in generated:
+            lp = self.answers.logprob(token)
+            texts.append(orjson.dumps(token))
+            token_logprobs.append(orjson.dumps(lp))
+            top.append(orjson.dumps({token: lp}))
+        return {"tokens": _array(texts), "token_logprobs": _array(token_logprobs), "top_logprobs": _array(top),
+                "text_offset": offsets}
 
     def _choice(self, index: int, prompt, body: dict) -> tuple[dict, int, int]:
         if isinstance(prompt, str):
@@ -72,12 +89,7 @@ class Completions:
             ids, offsets, text = encoding.ids, [start for start, _ in encoding.offsets], prompt
         else:
             ids = self._check_ids(prompt)
-            tokens = [self._token(i) for i in ids]
-            offsets, pos = [], 0
-            for token in tokens:
-                offsets.append(pos)
-                pos += len(token) + 1
-            text = " ".join(tokens)
+            text, offsets = self._joined(ids)
         if not ids:
             raise BadRequest("The prompt cannot be empty")
         max_tokens = body.get("max_tokens", DEFAULT_MAX_TOKENS)
@@ -95,11 +107,10 @@ class Completions:
             # (echo_without_generated) stops at </s> without echoing it
             ends = max_tokens >= 1
             generated = [GENERATED_TOKEN] if ends and not self.echo_without_generated else []
-            tokens = [self._token(i) for i in ids] + generated
             choice["text"] = text
             choice["finish_reason"] = "stop" if ends else "length"
             if want_logprobs:
-                choice["logprobs"] = self._logprobs(tokens, offsets + [len(text)] * len(generated), len(ids))
+                choice["logprobs"] = self._logprobs(ids, offsets + [len(text)] * len(generated), generated)
             return choice, len(ids), len(generated)
 
         answer = self.answers.generate(text, self._words)
@@ -121,7 +132,7 @@ class Completions:
         choice.update(text=None if self.null_text else answer, finish_reason=finish, stop_reason=stop_reason)
         if want_logprobs:
             tokens = [self._token(i) for i in encoding.ids[:n_out]]
-            choice["logprobs"] = self._logprobs(tokens, [start for start, _ in encoding.offsets[:n_out]], 0)
+            choice["logprobs"] = self._logprobs([], [start for start, _ in encoding.offsets[:n_out]], tokens)
         return choice, len(ids), n_out
 
     def complete(self, body: dict) -> tuple[int, dict]:
@@ -147,7 +158,7 @@ class Completions:
             return 400, error_body(str(err), "BadRequestError", 400)
         with self._lock:
             self.prompts_seen += len(prompts)
-        return 200, {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+        return 200, {"id": f"cmpl-{_random_hex()}", "object": "text_completion", "created": int(time.time()),
                      "model": model or self.model_name, "choices": choices,
                      "usage": {"prompt_tokens": used_in, "total_tokens": used_in + used_out,
                                "completion_tokens": used_out, "prompt_tokens_details": None}}
@@ -175,7 +186,7 @@ class Completions:
         with self._lock:
             self.prompts_seen += 1
         message = {"role": "assistant", "content": choice["text"]}
-        return 200, {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        return 200, {"id": f"chatcmpl-{_random_hex()}", "object": "chat.completion", "created": int(time.time()),
                      "model": model or self.model_name,
                      "choices": [{"index": 0, "message": message, "logprobs": None,
                                   "finish_reason": choice["finish_reason"], "stop_reason": choice["stop_reason"]}],

@@ -145,13 +145,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         arrived = time.monotonic()
         number = self.app._arrived(body)
-        slots = self.app._acquire(body)
-        if slots is None:
+        taken = self.app._acquire(body)
+        if taken is None:
             self.close_connection = True
             return
+        slots, started = taken  # started: when the modelled server took the request up (see testing/slots.py)
         dying = False
         try:
-            started = time.monotonic()
             if self.app.hang and number > self.app.hang_after:
                 self.app._closed.wait(self.app.hang)
             if self._gone():
@@ -168,7 +168,8 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 answer = complete(body)
             # the latency includes the work, as a real server's does
-            self.app._closed.wait(max(0.0, self.app.latency - (time.monotonic() - started)))
+            done = max(started + self.app.latency, time.monotonic())
+            self.app._closed.wait(max(0.0, done - time.monotonic()))
             if self._gone():
                 return
             dying = self.app._count_answer()
@@ -176,10 +177,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.app._stop_listening()  # before answering, so the next connection is refused
             with self.app._lock:  # before the write, so a client that has its answer sees it counted
                 self.app.timings.append((arrived, time.monotonic()))
+            # the sequences are done: as in vLLM, they leave the batch before the answer is written out
+            self.app._release(slots, done)
+            slots = 0
             self._send(*answer)
         finally:
-            if self.app.capacity is not None:
-                self.app.capacity.release(slots)
+            self.app._release(slots, time.monotonic())
             if dying:
                 if self.app.die_exits_process:
                     os._exit(1)

@@ -76,12 +76,14 @@ import sys
 import threading
 import time
 import uuid
+from itertools import accumulate
 from pathlib import Path
 from typing import Iterable
 
 from evalchemy.testing.behaviour import Answers, BadRequest, error_body
 from evalchemy.testing.completions import DEFAULT_MAX_TOKENS, GENERATED_TOKEN, Completions  # noqa: F401 - re-exported
 from evalchemy.testing.http import Handler, QuietHTTPServer
+from evalchemy.testing.slots import Slots
 from evalchemy.testing.tokenizer import BOS, EOS, SPECIALS, UNK, build_test_tokenizer  # noqa: F401 - re-exported
 
 # -- server --------------------------------------------------------------------------------------------------------
@@ -91,32 +93,6 @@ def prompt_count(body: dict) -> int:
     """Prompts in a completions request: a list of strings or of token-id lists is several, anything else one."""
     prompt = body.get("prompt")
     return len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
-
-
-class _Slots:
-    """A counting semaphore that takes several slots at once (all or none, so big requests cannot deadlock)."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.free = size
-        self.peak = 0  # most slots taken at once
-        self._cond = threading.Condition()
-
-    def acquire(self, wanted: int, closed: threading.Event) -> int | None:
-        wanted = max(1, min(wanted, self.size))
-        with self._cond:
-            while self.free < wanted:
-                if closed.is_set():
-                    return None
-                self._cond.wait(0.05)
-            self.free -= wanted
-            self.peak = max(self.peak, self.size - self.free)
-            return wanted
-
-    def release(self, taken: int) -> None:
-        with self._cond:
-            self.free += taken
-            self._cond.notify_all()
 
 
 class TestServer(Completions):
@@ -152,7 +128,7 @@ class TestServer(Completions):
         self.max_model_len = max_model_len
         self.answers = Answers.from_dict(answers)
         self.latency = latency
-        self.capacity = _Slots(capacity) if capacity else None
+        self.capacity = Slots(capacity) if capacity else None
         self.tokenizer_endpoints = tokenizer_endpoints
         self.fail_first = fail_first
         self.fail_status = fail_status
@@ -179,6 +155,8 @@ class TestServer(Completions):
         self.requests: list[dict] = []
         self.timings: list[tuple[float, float]] = []
         self.prompts_seen = 0
+        self._vocab: list[str] | None = None
+        self._tables: tuple | None = None
         self._lock = threading.Lock()
         self._answered = 0
         self._closed = threading.Event()  # set by stop() and by an in-process death: ends hangs and waits
@@ -238,6 +216,23 @@ class TestServer(Completions):
     def _token(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(token_id) or UNK
 
+    def _vocabulary(self) -> list[str]:
+        """Every token id's text (built on first use)."""
+        if self._vocab is None:
+            self._vocab = [self._token(i) for i in range(self.tokenizer.get_vocab_size(with_added_tokens=True))]
+        return self._vocab
+
+    def _joined(self, ids: list[int]) -> tuple[str, list[int]]:
+        """A token-id prompt's text (its tokens joined with single spaces) and each token's offset in it."""
+        tokens = list(map(self._vocabulary().__getitem__, ids))
+        return " ".join(tokens), list(accumulate(map((1).__add__, map(len, tokens)), initial=0))[:-1]
+
+    def _echo_tables(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """By token id, a prompt token's serialised entries: its text, log-probability and top_logprobs."""
+        if self._tables is None:
+            self._tables = self.answers.echoed_json(self._vocabulary())
+        return self._tables
+
     def _decode(self, ids: list[int]) -> str:
         return " ".join(self._token(i) for i in ids)
 
@@ -246,7 +241,6 @@ class TestServer(Completions):
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
-
 
     def models(self) -> dict:
         now = int(time.time())
@@ -295,11 +289,17 @@ class TestServer(Completions):
                     log.write(json.dumps(body, ensure_ascii=False) + "\n")
         return number
 
-    def _acquire(self, body: dict) -> int | None:
-        """Take the request's sequence slots (one per prompt); None when the server stopped while waiting."""
+    def _acquire(self, body: dict) -> tuple[int, float] | None:
+        """Take the request's sequence slots (one per prompt): (slots, when its work starts); None when the server
+        stopped while it waited."""
         if self.capacity is None:
-            return 0
+            return 0, time.monotonic()
         return self.capacity.acquire(prompt_count(body), self._closed)
+
+    def _release(self, slots: int, done: float) -> None:
+        """Give back a request's sequence slots, free since ``done``."""
+        if self.capacity is not None and slots:
+            self.capacity.release(slots, done)
 
     def _count_answer(self) -> bool:
         """Count an answer about to be sent; True when it is the last one before dying (die_after)."""
