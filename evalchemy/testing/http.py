@@ -18,6 +18,8 @@ VERSION = "0.0.0+evalchemy.testing.server"
 
 class QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: socketserver's 5 drops a burst of connections (the client's SYN is
+    # sent again a second later); uvicorn, which serves vLLM, listens with 2048
 
     def handle_error(self, request, client_address) -> None:  # a client that went away is not news
         pass

@@ -51,9 +51,10 @@ requests answered as llama.cpp's server does when the model's next token is end-
 ``finish_reason: "stop"``, ``completion_tokens: 0``), ``die_after`` (after N answers the
 server dies: in-process it closes its socket and every connection; as a process, with ``--die-after``, it exits
 at once with status 1), ``fail_echo_headers`` (the injected HTTP errors' message echoes the request's headers,
-``Authorization`` included, as debugging proxies do; alone it makes every completions request such an HTTP 500). ``latency`` (seconds per completions request, the work included) and ``capacity``
-(sequences processed at once, like vLLM's ``max_num_seqs``: a request with k prompts takes k of them, or all of
-them when k is larger; the others wait) model a real server's speed.
+``Authorization`` included, as debugging proxies do; alone it makes every completions request such an HTTP 500).
+``latency`` (seconds per completions request, the work included) and ``capacity`` (sequences processed at once,
+like vLLM's ``max_num_seqs``: a request with k prompts takes k of them, or all when k is larger; the others wait,
+first come first served, on the model's clock: see testing/slots.py) model a real server's speed.
 
 In-process::
 
@@ -83,16 +84,10 @@ from typing import Iterable
 from evalchemy.testing.behaviour import Answers, BadRequest, error_body
 from evalchemy.testing.completions import DEFAULT_MAX_TOKENS, GENERATED_TOKEN, Completions  # noqa: F401 - re-exported
 from evalchemy.testing.http import Handler, QuietHTTPServer
-from evalchemy.testing.slots import Slots
+from evalchemy.testing.slots import Slots, prompt_count  # noqa: F401 - re-exported
 from evalchemy.testing.tokenizer import BOS, EOS, SPECIALS, UNK, build_test_tokenizer  # noqa: F401 - re-exported
 
 # -- server --------------------------------------------------------------------------------------------------------
-
-
-def prompt_count(body: dict) -> int:
-    """Prompts in a completions request: a list of strings or of token-id lists is several, anything else one."""
-    prompt = body.get("prompt")
-    return len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
 
 
 class TestServer(Completions):

@@ -7,6 +7,13 @@ import time
 from collections import deque
 
 
+def prompt_count(body: dict) -> int:
+    """Prompts in a completions request (the slots it takes): a list of strings or of token-id lists is several,
+    anything else one."""
+    prompt = body.get("prompt")
+    return len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
+
+
 class Slots:
     """Sequence slots granted first come, first served (as vLLM's scheduler admits waiting requests); a request takes
     all the slots it needs at once or waits, so big requests cannot deadlock.
