@@ -135,9 +135,11 @@ def main() -> int:
     parser.add_argument("--scale", action="store_true", help="only the real shapes, lean client beside lm-eval's")
     parser.add_argument("--only", action="append", choices=SCALE_PARTS, metavar="PART",
                         help=f"with --scale: only these parts (repeatable; {', '.join(SCALE_PARTS)})")
+    parser.add_argument("--client", action="append", choices=[name for name, _ in CLIENTS], dest="clients",
+                        help="with --scale: only this client (repeatable; default: both, side by side)")
     opts = parser.parse_args()
     if opts.scale:
-        return scale(set(opts.only or SCALE_PARTS))
+        return scale(set(opts.only or SCALE_PARTS), set(opts.clients or [name for name, _ in CLIENTS]))
 
     work = Path(tempfile.mkdtemp(prefix="evalchemy-bench-"))
     tasks = work / "tasks"
@@ -268,7 +270,7 @@ def client_alone(tokenizer: Path, context_words: int, n_questions: int) -> dict[
 SCALE_PARTS = ("alone", "ceiling", "saturation", "subjects", "samples")
 
 
-def scale(parts: set[str] = set(SCALE_PARTS)) -> int:
+def scale(parts: set[str], clients: set[str]) -> int:
     """The real shapes, each run once per client on a fresh test server:
     - client ceiling: 400 short prompts and 2,000 prompts of ~600 tokens against a zero-latency server;
     - saturation: 20,000 prompts of ~600 tokens, 20 ms latency, capacity 64 (ideal = 20,000 x 20 ms / 64);
@@ -278,6 +280,7 @@ def scale(parts: set[str] = set(SCALE_PARTS)) -> int:
       the server's last answer to the runner's exit (lm-eval's results and samples files, the per-question score
       files, the summary).
     Every run also collects lm-eval's samples (the worker always asks for them)."""
+    chosen = [(name, args) for name, args in CLIENTS if name in clients]
     work = Path(tempfile.mkdtemp(prefix="evalchemy-scale-"))
     tasks = work / "tasks"
     tasks.mkdir()
@@ -295,8 +298,9 @@ def scale(parts: set[str] = set(SCALE_PARTS)) -> int:
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {work}", flush=True)
     for label, words, n in (("short prompts", 0, 500), ("~600-token prompts", 590, 500)) if "alone" in parts else ():
         for client, (by_wall, by_cpu) in client_alone(tokenizer, words, n).items():
-            print(f"[{client}] client alone, {label}: {by_wall:.0f} prompts/s wall (server in its own process), "
-                  f"{by_cpu:.0f} prompts/s of client CPU (target >= {2000 if not words else 800})", flush=True)
+            if client in clients:
+                print(f"[{client}] client alone, {label}: {by_wall:.0f} prompts/s wall (server in its own process), "
+                      f"{by_cpu:.0f} prompts/s of client CPU (target >= {2000 if not words else 800})", flush=True)
 
     def run(client_args, config_names, run_id, *, latency=0.0, capacity=None, extra=(), poll=False, config=None):
         cfg = config or config_for(work / f"{run_id}.json", config_names)
@@ -311,14 +315,14 @@ def scale(parts: set[str] = set(SCALE_PARTS)) -> int:
             return {"wall": wall, "peak_mb": peak_kb / 1024, "span": busy_span(srv), "prompts": prompts(srv),
                     "requests": task_requests(srv), "tail": ended - last_answer, "started": started}
 
-    for client, args in CLIENTS if "ceiling" in parts else ():
+    for client, args in chosen if "ceiling" in parts else ():
         r = run(args, ["scale_short"], f"ceil-short-{client}")
         print(f"[{client}] client ceiling, short prompts: {r['prompts'] / r['span']:.0f} prompts/s "
               f"({r['prompts']} prompts in {r['requests']} requests in {r['span']:.2f} s; target >= 2,000)", flush=True)
         r = run(args, ["scale_long_ceiling"], f"ceil-long-{client}")
         print(f"[{client}] client ceiling, ~600-token prompts: {r['prompts'] / r['span']:.0f} prompts/s "
               f"({r['prompts']} prompts in {r['requests']} requests in {r['span']:.2f} s; target >= 800)", flush=True)
-    for client, args in CLIENTS if "saturation" in parts else ():
+    for client, args in chosen if "saturation" in parts else ():
         latency, capacity = 0.02, 64
         r = run(args, ["scale_long"], f"sat-{client}", latency=latency, capacity=capacity,
                 extra=("--concurrency", "16"))
@@ -326,14 +330,14 @@ def scale(parts: set[str] = set(SCALE_PARTS)) -> int:
         print(f"[{client}] saturation, {r['prompts']} prompts of ~600 tokens, 20 ms, capacity 64: {r['span']:.2f} s "
               f"server-side, ideal {ideal:.2f} s, ideal/runner {ideal / r['span']:.3f} (target >= 0.95); "
               f"wall {r['wall']:.1f} s", flush=True)
-    for client, args in CLIENTS if "subjects" in parts else ():
+    for client, args in chosen if "subjects" in parts else ():
         cfg = work / f"subjects-{client}.json"
         cfg.write_text(json.dumps({"benchmarks": {"kmmlu45": {"enabled": True, "tasks": subjects}},
                                    "tasks": {n: {"enabled": True, "tasks": [n]} for n in subjects}}))
         r = run(args, [], f"subjects-{client}", config=cfg)
         print(f"[{client}] 45 subjects x 200 questions ({r['prompts']} prompts): wall {r['wall']:.1f} s, server busy "
               f"{r['span']:.1f} s, runner overhead per task {(r['wall'] - r['span']) / 45:.3f} s (target <= 0.15 s)", flush=True)
-    for client, args in CLIENTS if "samples" in parts else ():
+    for client, args in chosen if "samples" in parts else ():
         cfg = work / f"samples-{client}.json"
         cfg.write_text(json.dumps({"benchmarks": {"samples": {"enabled": True, "tasks": ["samples"]}},
                                    "tasks": {"samples": {"enabled": True, "tasks": ["scale_samples"],

@@ -82,7 +82,7 @@ from pathlib import Path
 from typing import Iterable
 
 from evalchemy.testing.behaviour import Answers, BadRequest, error_body
-from evalchemy.testing.completions import DEFAULT_MAX_TOKENS, GENERATED_TOKEN, Completions  # noqa: F401 - re-exported
+from evalchemy.testing.completions import DEFAULT_MAX_TOKENS, GENERATED_TOKEN, Completions, picker  # noqa: F401
 from evalchemy.testing.http import Handler, QuietHTTPServer
 from evalchemy.testing.slots import Slots, prompt_count  # noqa: F401 - re-exported
 from evalchemy.testing.tokenizer import BOS, EOS, SPECIALS, UNK, build_test_tokenizer  # noqa: F401 - re-exported
@@ -151,6 +151,7 @@ class TestServer(Completions):
         self.timings: list[tuple[float, float]] = []
         self.prompts_seen = 0
         self._vocab: list[str] | None = None
+        self._widths: list[int] = []
         self._tables: tuple | None = None
         self._lock = threading.Lock()
         self._answered = 0
@@ -215,12 +216,14 @@ class TestServer(Completions):
         """Every token id's text (built on first use)."""
         if self._vocab is None:
             self._vocab = [self._token(i) for i in range(self.tokenizer.get_vocab_size(with_added_tokens=True))]
+            self._widths = [len(token) + 1 for token in self._vocab]  # the token and the space after it
         return self._vocab
 
     def _joined(self, ids: list[int]) -> tuple[str, list[int]]:
         """A token-id prompt's text (its tokens joined with single spaces) and each token's offset in it."""
-        tokens = list(map(self._vocabulary().__getitem__, ids))
-        return " ".join(tokens), list(accumulate(map((1).__add__, map(len, tokens)), initial=0))[:-1]
+        pick = picker(ids)
+        text = " ".join(pick(self._vocabulary()))
+        return text, list(accumulate(pick(self._widths), initial=0))[:-1]
 
     def _echo_tables(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """By token id, a prompt token's serialised entries: its text, log-probability and top_logprobs."""
