@@ -104,11 +104,10 @@ class FastCompletionsAPI(LocalCompletionsAPI):
         request in flight exist, enough to keep every one busy. The same requests, retries and connection pool;
         the answers in the same order; the first request that fails for good ends the batch, as with lm-eval's
         ``gather``."""
-        from aiohttp import ClientSession, ClientTimeout, TCPConnector
-        from tenacity import retry, stop_after_attempt, wait_exponential
-
+        # the names lm-eval's module holds: the worker's endpoint route (evalchemy/proxy.py) replaces its
+        # ClientSession, and must apply to these sessions too
         ctxlens = ctxlens or [None] * len(requests)
-        connector = TCPConnector(limit=self._concurrent, ssl=self.verify_certificate)
+        connector = api_models.TCPConnector(limit=self._concurrent, ssl=self.verify_certificate)
         sem = asyncio.Semaphore(self._concurrent)
         failed: list[BaseException] = []
 
@@ -116,11 +115,12 @@ class FastCompletionsAPI(LocalCompletionsAPI):
             if not task.cancelled() and task.exception() is not None:
                 failed.append(task.exception())
 
-        async with ClientSession(connector=connector, timeout=ClientTimeout(total=self.timeout)) as session:
-            call = retry(stop=stop_after_attempt(self.max_retries),  # as lm-eval's
-                         wait=wait_exponential(multiplier=0.5, min=1, max=10), reraise=True,
-                         before_sleep=lambda state: eval_logger.info(f"Retry attempt {state.attempt_number}"))(
-                self.amodel_call)
+        async with api_models.ClientSession(connector=connector,
+                                            timeout=api_models.ClientTimeout(total=self.timeout)) as session:
+            call = api_models.retry(  # as lm-eval's
+                stop=api_models.stop_after_attempt(self.max_retries), reraise=True,
+                wait=api_models.wait_exponential(multiplier=0.5, min=1, max=10),
+                before_sleep=lambda state: eval_logger.info(f"Retry attempt {state.attempt_number}"))(self.amodel_call)
             answers, window = [], deque()
             try:
                 for message, cache_key, ctxlen in zip(chunks(requests, n=self._batch_size),
