@@ -233,7 +233,8 @@ def write_generation_task(folder: Path, name: str, n_docs: int) -> None:
         "metadata:\n  version: 1\n")
 
 
-def client_alone(tokenizer: Path, context_words: int, n_questions: int) -> dict[str, tuple[float, float]]:
+def client_alone(tokenizer: Path, context_words: int, n_questions: int,
+                 clients: set[str]) -> dict[str, tuple[float, float]]:
     """Each client's own ceiling: lm-eval's model object in this process, log-likelihood requests (4 per question,
     8 prompts per request, 16 in flight) against the test server in a separate process (so its CPU is not counted).
     Returns prompts/s by wall time and by this process's CPU time (the client's cost alone)."""
@@ -252,6 +253,8 @@ def client_alone(tokenizer: Path, context_words: int, n_questions: int) -> dict[
         context = " ".join(WORDS[(i * 7) % 8] for i in range(context_words)) + " " if context_words else ""
         out = {}
         for name, cls in (("evalchemy", FastCompletionsAPI), ("lm-eval", LocalCompletionsAPI)):
+            if name not in clients:
+                continue
             reqs = [Instance("loglikelihood", {}, (f"{context}{name} Question: Which colour is number {i % 100} ?"
                                                    "\nAnswer:", f" {WORDS[(i + j) % 8]}"), idx=j)
                     for i in range(n_questions) for j in range(4)]
@@ -297,10 +300,9 @@ def scale(parts: set[str], clients: set[str]) -> int:
     write_generation_task(tasks, "scale_samples", 50000)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; work folder {work}", flush=True)
     for label, words, n in (("short prompts", 0, 500), ("~600-token prompts", 590, 500)) if "alone" in parts else ():
-        for client, (by_wall, by_cpu) in client_alone(tokenizer, words, n).items():
-            if client in clients:
-                print(f"[{client}] client alone, {label}: {by_wall:.0f} prompts/s wall (server in its own process), "
-                      f"{by_cpu:.0f} prompts/s of client CPU (target >= {2000 if not words else 800})", flush=True)
+        for client, (by_wall, by_cpu) in client_alone(tokenizer, words, n, clients).items():
+            print(f"[{client}] client alone, {label}: {by_wall:.0f} prompts/s wall (server in its own process), "
+                  f"{by_cpu:.0f} prompts/s of client CPU (target >= {2000 if not words else 800})", flush=True)
 
     def run(client_args, config_names, run_id, *, latency=0.0, capacity=None, extra=(), poll=False, config=None):
         cfg = config or config_for(work / f"{run_id}.json", config_names)

@@ -19,7 +19,6 @@ class Answers:
     default_logprob: float = -2.0
     generations: list[dict] = field(default_factory=list)
     default_generation: str = "I do not know"
-    _echoed: tuple = field(default_factory=lambda: ({}, {}, {}), init=False, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "Answers":
@@ -46,15 +45,11 @@ class Answers:
         return top
 
     def echoed_json(self, tokens: list[str]) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """Prompt tokens' entries as serialised JSON: the token, its log-probability, its top_logprobs; each token's
-        computed once (a long echo is then joined bytes, not thousands of Python objects serialised one by one)."""
-        texts, logprobs, tops = self._echoed
-        for token in set(tokens).difference(texts):
-            lp = self.logprob(token)
-            texts[token], logprobs[token] = orjson.dumps(token), orjson.dumps(lp)
-            tops[token] = orjson.dumps(self.top_logprobs(token, lp))
-        return (list(map(texts.__getitem__, tokens)), list(map(logprobs.__getitem__, tokens)),
-                list(map(tops.__getitem__, tokens)))
+        """Prompt tokens' entries as serialised JSON, one list each: the token, its log-probability, its top_logprobs
+        (the test server builds them once for its whole vocabulary, then joins bytes for a long echo)."""
+        logprobs = [self.logprob(token) for token in tokens]
+        return ([orjson.dumps(token) for token in tokens], [orjson.dumps(lp) for lp in logprobs],
+                [orjson.dumps(self.top_logprobs(token, lp)) for token, lp in zip(tokens, logprobs)])
 
     def generate(self, prompt: str, words: Callable[[str], str] = lambda s: s) -> str:
         """The first rule whose ``contains`` is in ``prompt`` (as is, or word by word through ``words``)."""
