@@ -270,26 +270,3 @@ def test_request_tasks_start_in_a_window(assets):
             fast_client.FastCompletionsAPI.amodel_call = original
     assert fast == stock and len(set(stock)) == 2
     assert calls["all"] == 120 and calls["most"] == fast_client.TASKS_PER_SLOT * 2
-
-
-def test_request_cache_rows_written_in_statements_of_many(tmp_path, monkeypatch):
-    """The lean client's cache write: a request's answers go to lm-eval's request cache (a SqliteDict) under the keys
-    lm-eval's add_partial uses, in statements of CACHE_ROWS rows queued to the cache's writer thread; after lm-eval's
-    own commit they read back through the SqliteDict as add_partial's would; keyless pieces are left out."""
-    from types import SimpleNamespace
-
-    from lm_eval.api.model import hash_args
-    from sqlitedict import SqliteDict
-
-    from evalchemy.engines.lm_eval import fast_client
-
-    monkeypatch.setattr(fast_client, "CACHE_ROWS", 7)
-    cache = SqliteDict(str(tmp_path / "cache.db"), autocommit=True)
-    keys = [(f"Question {i}?", f" answer {i}") for i in range(20)] + [None]
-    answers = [(-0.25 * i, i % 3 == 0) for i in range(21)]
-    fast_client._cache(SimpleNamespace(dbdict=cache), "loglikelihood", answers, keys)
-    cache.commit()  # lm-eval's, at the end of the task
-    cache.close()
-    again = SqliteDict(str(tmp_path / "cache.db"))
-    assert dict(again.items()) == {hash_args("loglikelihood", key): answer for key, answer in zip(keys[:20], answers)}
-    again.close()

@@ -515,3 +515,25 @@ def test_a_store_url_nothing_can_open_is_refused_before_the_run(invoke, assets, 
                              "postgresql://USER@HOST:PORT/DB\n")
     assert "pw-SECRET" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_plain_store_urls_are_checked_without_loading_sqlalchemy(tmp_path):
+    """SQLite and PostgreSQL URLs are checked with the standard library (the run's supervising process holds no
+    SQLAlchemy until it records the run); a port that is not a number still fails the check, with SQLAlchemy's
+    words, and its password hidden."""
+    code = ("import sys; from pathlib import Path; from evalchemy.store.url import resolve_url; "
+            "print(resolve_url('postgres://u:pw@db-host:5432/evalchemy', Path('.'))); "
+            "print(resolve_url('sqlite:////data/runs.db', Path('.'))); "
+            "print(resolve_url(None, Path('/data/results'))); "
+            "print('sqlalchemy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT)
+    assert out.stdout.splitlines() == ["postgresql+psycopg://u:pw@db-host:5432/evalchemy", "sqlite:////data/runs.db",
+                                       "sqlite:////data/results/evalchemy.db", "False"]
+    from evalchemy.errors import StoreError
+    from evalchemy.store.url import resolve_url
+
+    with pytest.raises(StoreError) as caught:
+        resolve_url("postgresql://u:pw-SECRET@h:54x2/db", tmp_path)
+    assert str(caught.value) == ("store postgresql+psycopg://***@h:54x2/db: not a store URL this evalchemy can "
+                                 "open (invalid literal for int() with base 10: '54x2'); use a file path, "
+                                 "sqlite:///FILE or postgresql://USER@HOST:PORT/DB")

@@ -103,3 +103,18 @@ def test_task_index_cache_is_one_file_per_format_and_another_format_is_never_rea
     assert json.loads(old_file.read_text(encoding="utf-8")) == old
     assert sorted(p.name for p in tmp_path.glob("task_index_*")) == sorted(
         [old_file.name, f"task_index_v{taskindex.INDEX_FORMAT}_lm_eval_{version}.json"])
+
+
+def test_index_reads_keep_only_the_keys_asked_for(tmp_path):
+    """The index build keeps a few keys of each file (lm-eval's ~13,000 task files' prompts are not held); the keys
+    come through includes as lm-eval merges them, and a full read still has every key."""
+    _write(tmp_path, "_base.yaml", "output_type: multiple_choice\ndoc_to_text: 'a long prompt {{question}}'\n"
+                                   "tag: [base_tag]\n")
+    _write(tmp_path, "task.yaml", "include: _base.yaml\ntask: demo\ndoc_to_choice: [A, B]\ntag: own_tag\n")
+    cache: dict = {}
+    slim = taskyaml.read_config(tmp_path / "task.yaml", cache, keys=("task", "output_type", "tag"))
+    assert slim == {"task": "demo", "output_type": "multiple_choice", "tag": "own_tag"}
+    assert all(set(kept) <= {"task", "output_type", "tag", "include"} for kept in cache.values()) and len(cache) == 2
+    assert taskyaml.read_config(tmp_path / "task.yaml") == {
+        "output_type": "multiple_choice", "doc_to_text": "a long prompt {{question}}", "tag": "own_tag",
+        "task": "demo", "doc_to_choice": ["A", "B"]}

@@ -183,7 +183,7 @@ def _run_options(endpoint, run_id, output, model, tokenizer, batch_size, gpu, ma
         raise UsageError("--endpoint is required to run: pass the vLLM server URL, e.g. "
                          "--endpoint http://gpu-box:8000/v1/completions")
     from evalchemy.execution.options import RunOptions
-    from evalchemy.store.db import resolve_url
+    from evalchemy.store.url import resolve_url
 
     opts = RunOptions(
         endpoint=endpoint, run_id=run_id, output_dir=output.resolve(), model=model,

@@ -39,7 +39,7 @@ def _broker_option(func):
 def _store_url(value: str | None) -> str:
     import os
 
-    from evalchemy.store.db import STORE_ENV, resolve_url
+    from evalchemy.store.url import STORE_ENV, resolve_url
 
     if not value and not os.environ.get(STORE_ENV):
         raise UsageError("no store: pass --store postgresql://USER@HOST:PORT/DB (the store every worker records "

@@ -33,7 +33,7 @@ def store_options(func):
 
 
 def _url(store: str | None, output_dir: str | None) -> str:
-    from evalchemy.store.db import resolve_url
+    from evalchemy.store.url import resolve_url
 
     return resolve_url(store, Path(output_dir) if output_dir else home() / "results")
 

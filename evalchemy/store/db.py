@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -11,32 +10,12 @@ from sqlalchemy.engine import Engine, make_url
 
 from evalchemy.errors import StoreError, setting
 from evalchemy.redaction import redact_url
+from evalchemy.store.url import DEFAULT_FILE, STORE_ENV, resolve_url  # noqa: F401 - the store's names, here too
 
-STORE_ENV = "EVALCHEMY_STORE"
-DEFAULT_FILE = "evalchemy.db"
 HEAD = "0003"  # the newest revision in evalchemy/store/migrations/versions
 SCRIPT_LOCATION = "evalchemy.store:migrations"
 
 logging.getLogger("alembic").setLevel(logging.WARNING)
-
-
-def resolve_url(value: str | None, output_dir: Path) -> str:
-    """``--store`` (a URL, or a file path meaning SQLite), else ``$EVALCHEMY_STORE``, else ``OUTPUT/evalchemy.db``."""
-    chosen = value or os.environ.get(STORE_ENV)
-    if not chosen:
-        return f"sqlite:///{(Path(output_dir) / DEFAULT_FILE).resolve()}"
-    if "://" not in chosen:
-        return f"sqlite:///{Path(chosen).expanduser().resolve()}"
-    for prefix in ("postgresql://", "postgres://"):
-        if chosen.startswith(prefix):
-            chosen = "postgresql+psycopg://" + chosen[len(prefix):]
-    try:
-        make_url(chosen).get_dialect()
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as err:
-        raise StoreError(f"{setting('store')} {display(chosen)}: not a store URL this evalchemy can open ({err}); "
-                         "use a file "
-                         "path, sqlite:///FILE or postgresql://USER@HOST:PORT/DB") from None
-    return chosen
 
 
 display = redact_url  # the URL with its credentials hidden, for messages and logs (one redactor)

@@ -4,9 +4,9 @@ It is lm-eval's ``local-completions`` (``LocalCompletionsAPI``: same payloads, s
 answer parsing, same request cache, so tasks, metrics, scores and sample files are unchanged) with the per-request
 hot path rewritten: the payload is serialised and the answer parsed with orjson (a C parser; an echoed 600-token
 answer with its top log-probabilities is most of the client's time in the stock client, which parses it with the
-standard library through aiohttp), the generation arguments are copied only when there are any, a request's answers
-go into the request cache in one write (one commit, not one per prompt), and the log-likelihood prompts are
-tokenized in one batch call per task (each shared context once).
+standard library through aiohttp), the generation arguments are copied only when there are any, answers go into
+the request cache ``request_cache.ROWS`` at a time (one commit each, not one per prompt), and the log-likelihood
+prompts are tokenized in one batch call per task (each shared context once).
 
 One behaviour differs, on purpose: ``loglikelihood_rolling`` with more than one request in flight. The stock client
 hands the request cache the rolling windows' empty keys and fails (``TypeError: 'NoneType' object is not iterable``);
@@ -38,11 +38,12 @@ from lm_eval.models import api_models
 from lm_eval.models.openai_completions import LocalCompletionsAPI
 from lm_eval.models.utils import chunks
 
+from evalchemy.engines.lm_eval import request_cache
+
 MODEL_NAME = "evalchemy-completions"
 eval_logger = logging.getLogger("lm_eval.models.api_models")  # lm-eval's own logger: same warnings, same place
 _JSON_HEADERS = {"Content-Type": "application/json"}
 ENCODE_CHUNK = 1024  # prompts tokenized per call when lm-eval hands over a whole task's
-CACHE_ROWS = 500  # answers per cache statement (two SQL variables each, under SQLite's limit)
 TASKS_PER_SLOT = 4  # request tasks alive at once per request in flight (--concurrency)
 
 
@@ -52,6 +53,7 @@ class FastCompletionsAPI(LocalCompletionsAPI):
 
     _memo: dict | None = None  # string -> token ids, filled in bulk by ``loglikelihood``
     _parser: simdjson.Parser | None = None  # reads echo answers lazily: see ``read_logprobs``
+    _unsaved: dict | None = None  # cache key -> answer, not yet handed to the request cache: see ``_keep``
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         """lm-eval's, with every string it will tokenize (each context once, each context + continuation) encoded in
@@ -139,6 +141,7 @@ class FastCompletionsAPI(LocalCompletionsAPI):
             finally:
                 for task in window:
                     task.cancel()
+                self._save()
             return answers
 
     async def amodel_call(self, session, sem, messages, *, generate=True, cache_keys=None, ctxlens=None,
@@ -179,7 +182,7 @@ class FastCompletionsAPI(LocalCompletionsAPI):
                     a = placeholder
                 answers.append(a)
             if cache_keys:
-                _cache(self.cache_hook, cache_method, answers, cache_keys)
+                self._keep(cache_method, answers, cache_keys)
             return answers
         except BaseException as e:
             eval_logger.error(f"Exception:{e!r}, {locals().get('outputs', '(no outputs)')}, retrying.")
@@ -188,25 +191,27 @@ class FastCompletionsAPI(LocalCompletionsAPI):
             if acquired:
                 sem.release()
 
+    def _keep(self, method: str, answers: list, cache_keys: list) -> None:
+        """A request's answers for lm-eval's request cache, under the keys ``add_partial`` uses; handed over
+        ``request_cache.ROWS`` at a time (one statement, one transaction, queued to the cache's writer thread without
+        waiting) and at the end of the batch. lm-eval's cache (sqlitedict, autocommit) makes each answer its own
+        transaction, one disk sync each, and waits for it: ~1 ms per prompt of the event loop's time here; one
+        statement per request still left the writer thread 6,000 transactions behind at 50,000 prompts. A worker
+        killed mid-task loses at most the answers not yet handed over, which a resumed run asks again."""
+        if getattr(self.cache_hook, "dbdict", None) is None:
+            return
+        if self._unsaved is None:
+            self._unsaved = {}
+        # loglikelihood_rolling's pieces have no key: lm-eval caches the whole text itself
+        self._unsaved.update((hash_args(method, key), answer)
+                             for answer, key in zip(answers, cache_keys, strict=False) if key is not None)
+        if len(self._unsaved) >= request_cache.ROWS:
+            self._save()
 
-def _cache(hook, method: str, answers: list, cache_keys: list) -> None:
-    """The request's answers into lm-eval's request cache under the keys ``add_partial`` uses: one statement (one
-    transaction) for the request, handed to the cache's writer thread without waiting for it. lm-eval's cache
-    (sqlitedict, autocommit) makes each write its own transaction and waits for it: ~1 ms per prompt of the event
-    loop's time here, which at a few hundred requests a second kept requests from going out. lm-eval's blocking
-    commit at the end of the task waits for these too; a worker killed before that loses at most the answers still
-    queued (milliseconds' worth), which a resumed run asks again."""
-    dbdict = getattr(hook, "dbdict", None)
-    if dbdict is None:
-        return
-    # loglikelihood_rolling's pieces have no key: lm-eval caches the whole text itself
-    rows = {hash_args(method, key): answer for answer, key in zip(answers, cache_keys, strict=False)
-            if key is not None}
-    values = [value for key, answer in rows.items() for value in (dbdict.encode_key(key), dbdict.encode(answer))]
-    for start in range(0, len(values), 2 * CACHE_ROWS):
-        chunk = values[start:start + 2 * CACHE_ROWS]
-        dbdict.conn.execute(f'REPLACE INTO "{dbdict.tablename}" (key, value) VALUES '
-                            + ", ".join(["(?, ?)"] * (len(chunk) // 2)), chunk)
+    def _save(self) -> None:
+        if self._unsaved:
+            rows, self._unsaved = self._unsaved, {}
+            request_cache.write_rows(self.cache_hook.dbdict, rows)
 
 
 def read_logprobs(parser: simdjson.Parser, raw: bytes, ctxlens: list[int]) -> list[tuple[float, bool]] | None:

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = 4
 LOGLIKELIHOOD_TYPES = {"multiple_choice", "loglikelihood", "loglikelihood_rolling"}
+INDEX_KEYS = ("task", "group", "class", "output_type", "tag")  # what scan_folder reads of each task file
 
 
 @dataclass
@@ -122,7 +123,7 @@ def scan_folder(folder: Path) -> TaskIndex:
         for filename in sorted(filenames):
             if not filename.endswith(".yaml"):
                 continue
-            keys = taskyaml.read_config(os.path.join(dirpath, filename), parsed)
+            keys = taskyaml.read_config(os.path.join(dirpath, filename), parsed, keys=INDEX_KEYS)
             task, group = keys.get("task"), keys.get("group")
             if "class" not in keys and isinstance(group, str) and group:
                 index.groups[group] = {"dir": dirpath, "members": _members(task)}

@@ -36,14 +36,18 @@ def read(path: str | Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def read_config(path: str | Path, cache: dict[str, dict] | None = None, _seen: tuple[str, ...] = ()) -> dict:
+def read_config(path: str | Path, cache: dict[str, dict] | None = None, _seen: tuple[str, ...] = (),
+                keys: tuple[str, ...] | None = None) -> dict:
     """A task YAML with its ``include:`` files merged in (the file's own keys win). ``cache`` keeps parsed files
-    across calls (an index build reads each template once); include cycles stop at the repeated file. The dicts
-    returned may be shared with ``cache``: do not change them."""
+    across calls (an index build reads each template once); ``keys``, when given, are the only keys read (and
+    cached: the index of lm-eval's ~13,000 task files keeps a few keys of each, not their prompts); include cycles
+    stop at the repeated file. The dicts returned may be shared with ``cache``: do not change them."""
     path = os.path.normpath(path)
     data = cache.get(path) if cache is not None else None
     if data is None:
         data = read(path)
+        if keys is not None:
+            data = {key: data[key] for key in (*keys, "include") if key in data}
         if cache is not None:
             cache[path] = data
     includes = data.get("include")
@@ -54,7 +58,7 @@ def read_config(path: str | Path, cache: dict[str, dict] | None = None, _seen: t
     merged: dict = {}
     for include in includes if isinstance(includes, list) else [includes]:
         if isinstance(include, str):
-            base = read_config(os.path.join(os.path.dirname(path), include), cache, (*_seen, path))
+            base = read_config(os.path.join(os.path.dirname(path), include), cache, (*_seen, path), keys)
             merged.update({k: v for k, v in base.items() if k not in ("task_list", "include")})
     merged.update({k: v for k, v in data.items() if k != "include"})
     return merged

@@ -73,6 +73,7 @@ class JobRunner:
         from lm_eval.loggers import EvaluationTracker
         from lm_eval.utils import handle_non_serializable
 
+        from evalchemy.engines.lm_eval import packed_samples
         from evalchemy.results.scorefile import write_score_files
 
         started = time.monotonic()
@@ -82,6 +83,7 @@ class JobRunner:
         if kwargs.get("model") == ECHO_MODEL:
             import evalchemy.engines.lm_eval.echo_model  # noqa: F401 - registers the model in lm-eval's registry
         tracker = EvaluationTracker(output_path=job.output_path)
+        packed_samples.spill_folder = str(Path(job.log_path).parent)  # the run folder: its disk, watched by the run
         results = lm_eval.simple_evaluate(
             **kwargs,
             task_manager=self.task_manager(job.task_folders),
@@ -129,6 +131,9 @@ def _quietly(write) -> None:
 
 def main() -> int:
     result_fd = int(os.environ[RESULT_FD_ENV])
+    # pyarrow (under datasets) keeps what it allocated preparing a dataset in its own pool (mimalloc here): 25 MB
+    # more for the rest of the job, measured with a 50,000-row JSON task; the C library's pool hands it back
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     # the key lm-eval sends never reaches the benchmark log: logging is filtered, and so is what is printed
     redaction.protect(os.environ.get("OPENAI_API_KEY"))
     sys.stdout = redaction.ScrubbingStream(sys.stdout)
@@ -137,6 +142,10 @@ def main() -> int:
     runner = JobRunner()
     no_progress_bars()
     templates.install()
+    from evalchemy.engines.lm_eval import packed_samples, request_cache  # they import lm-eval
+
+    request_cache.install()
+    packed_samples.install()
     stats = RequestStats.from_env()
     stats.install()
     failures.install()
