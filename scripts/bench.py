@@ -171,8 +171,14 @@ def main() -> int:
 
     with TestServer(tokenizer, "bench-model", latency=0.0, answers={"favoured": ["red"]}) as srv:
         url = srv.base_url
-        runner_s, _, _ = run_runner(["--endpoint", url, "--config", str(eight), "--run-id", "eight", *common], env)
-        print(f"orchestration runner: 8 benchmarks in {runner_s:.2f} s")
+        first_s, _, _ = run_runner(["--endpoint", url, "--config", str(eight), "--run-id", "eight", *common], env)
+        # again with the datasets prepared (as the loop below finds them), each run in its own output folder (a
+        # run in the same folder would resume: nothing to ask)
+        again = [run_runner(["--endpoint", url, "--config", str(eight), "--run-id", "eight", "--include-path",
+                             str(tasks), "--output", str(work / f"again-{i}")], env)[0] for i in range(3)]
+        runner_s = statistics.median(again)
+        print(f"orchestration runner: 8 benchmarks in {runner_s:.2f} s, median of 3 runs (each "
+              f"{', '.join(f'{t:.2f}' for t in again)} s; the first run, preparing the datasets: {first_s:.2f} s)")
         if not opts.skip_loop:
             started = time.perf_counter()
             for name in small:
@@ -184,7 +190,7 @@ def main() -> int:
                                check=True)
             loop_s = time.perf_counter() - started
             print(f"orchestration loop of plain lm_eval calls: 8 benchmarks in {loop_s:.2f} s")
-            print(f"orchestration ratio runner/loop: {runner_s / loop_s:.3f} (target <= 0.35)")
+            print(f"orchestration ratio runner/loop: {runner_s / loop_s:.3f} (target <= 0.05)")
 
     n_requests, latency, capacity = 400, 0.05, 16
     ideal = n_requests * latency / capacity
