@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from evalchemy.errors import StoreError, setting
 from evalchemy.redaction import redact_url
-from evalchemy.store.url import DEFAULT_FILE, STORE_ENV, resolve_url  # noqa: F401 - the store's names, here too
+from evalchemy.store.url import resolve_url  # noqa: F401 - the store's module answers for it too
 
 HEAD = "0003"  # the newest revision in evalchemy/store/migrations/versions
 SCRIPT_LOCATION = "evalchemy.store:migrations"

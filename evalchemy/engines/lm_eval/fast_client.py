@@ -196,7 +196,8 @@ class FastCompletionsAPI(LocalCompletionsAPI):
         ``request_cache.ROWS`` at a time (one statement, one transaction, queued to the cache's writer thread without
         waiting) and at the end of the batch. lm-eval's cache (sqlitedict, autocommit) makes each answer its own
         transaction, one disk sync each, and waits for it: ~1 ms per prompt of the event loop's time here; one
-        statement per request still left the writer thread 6,000 transactions behind at 50,000 prompts. A worker
+        statement per request still left the writer thread thousands of statements behind at 50,000 prompts (in a
+        run traced with tracemalloc, which slows it). A worker
         killed mid-task loses at most the answers not yet handed over, which a resumed run asks again."""
         if getattr(self.cache_hook, "dbdict", None) is None:
             return

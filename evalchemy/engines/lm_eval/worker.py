@@ -26,7 +26,7 @@ from pathlib import Path
 
 from evalchemy import proxy, redaction
 from evalchemy.results.stats import sample_stats
-from evalchemy.engines.lm_eval import failures, templates
+from evalchemy.engines.lm_eval import failures, packed_samples, templates
 from evalchemy.engines.lm_eval.accounting import RequestStats, no_progress_bars
 from evalchemy.engines.lm_eval.protocol import Answer, Job
 from evalchemy.backends.echo_check import ECHO_MODEL
@@ -73,7 +73,6 @@ class JobRunner:
         from lm_eval.loggers import EvaluationTracker
         from lm_eval.utils import handle_non_serializable
 
-        from evalchemy.engines.lm_eval import packed_samples
         from evalchemy.results.scorefile import write_score_files
 
         started = time.monotonic()
@@ -142,7 +141,7 @@ def main() -> int:
     runner = JobRunner()
     no_progress_bars()
     templates.install()
-    from evalchemy.engines.lm_eval import packed_samples, request_cache  # they import lm-eval
+    from evalchemy.engines.lm_eval import request_cache  # imports lm-eval
 
     request_cache.install()
     packed_samples.install()
